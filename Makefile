@@ -1,0 +1,46 @@
+# Everything a fresh clone needs: `make demo` runs the tool on the sample data, `make test` the tests.
+# TORCH is the one place the torch build is chosen; the default is the CPU build this machine has on
+# disk. Elsewhere, e.g.:  make test TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu126"
+PYTHON ?= python3
+VENV ?= .venv
+TORCH ?= torch==2.13.0
+PYTEST_ARGS ?= -n 2
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench lint golden clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q $(TORCH)
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $(STAMP)
+
+demo: install
+	mkdir -p build/demo
+	$(BIN)/deconv3d upsample sample_data/phantom.npy -o build/demo/phantom_up.npy \
+	    --spec sample_data/sample_spec.yaml --overwrite
+	$(BIN)/deconv3d upsample sample_data/phantom.npy -o build/demo/phantom_up_tiled.npy \
+	    --spec sample_data/sample_spec.yaml --overwrite --memory-limit 8MiB --json > build/demo/report.json
+	@echo "demo outputs in build/demo/ (report: build/demo/report.json)"
+
+test: install
+	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
+	$(BIN)/ruff check deconv3d_cli tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+lint: install
+	$(BIN)/ruff check deconv3d_cli tests benchmarks
+
+golden:
+	$(PYTHON) -m venv .venv-golden
+	.venv-golden/bin/python -m pip install -q h5py PyYAML 'tensorflow-cpu>=2.15' 'tf-keras>=2.15'
+	.venv-golden/bin/python tests/golden/make_golden.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

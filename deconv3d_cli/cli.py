@@ -1,0 +1,257 @@
+"""The `deconv3d` command: parse, call the library, turn its errors into one clear line.
+
+Nothing heavy is imported at module level, so `deconv3d --help` answers at once; torch loads only
+when a command computes. Exit codes: 0 done, 1 a run failed, 2 a usage or input error, 130 on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .errors import Deconv3dError
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"deconv3d: error: {message}", err=True)
+    sys.exit(code)
+
+
+class Deconv3dGroup(click.Group):
+    """Turns library errors into one line on stderr and an exit code; `--debug` shows the traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except Deconv3dError as exc:
+            if _debug(ctx):
+                traceback.print_exc()
+            _fail(exc.line(), exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("deconv3d: interrupted; no output was written", err=True)
+            sys.exit(130)
+        except (click.exceptions.Exit, click.ClickException, SystemExit):
+            raise
+        except MemoryError:
+            if _debug(ctx):
+                traceback.print_exc()
+            _fail("out of memory; lower --memory-limit or --tile", 1)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence against tracebacks
+            if _debug(ctx):
+                traceback.print_exc()
+            _fail(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+
+
+def _debug(ctx: click.Context) -> bool:
+    root = ctx.find_root()
+    return bool((root.obj or {}).get("debug")) or "--debug" in sys.argv
+
+
+def _sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+@click.group(cls=Deconv3dGroup, context_settings=CONTEXT)
+@click.version_option(__version__, prog_name="deconv3d")
+@click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
+    """Upsample 3-D volumes with a Keras Conv3DTranspose layer, exactly, on CPU or CUDA.
+
+    \b
+    Examples:
+      deconv3d upsample scan.npy -o scan_x2.npy --spec layer.yaml
+      deconv3d spec validate layer.yaml
+    """
+    ctx.obj = {"debug": debug}
+    if threading_main():
+        signal.signal(signal.SIGTERM, _sigterm)
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _debug_option(f: Any) -> Any:
+    def callback(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.find_root().obj = {**(ctx.find_root().obj or {}), "debug": True}
+
+    return click.option("--debug", is_flag=True, expose_value=False, callback=callback, help="Show tracebacks.")(f)
+
+
+def _parse_tile(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int, int] | None:
+    if value is None:
+        return None
+    parts = value.replace("x", ",").split(",")
+    try:
+        nums = [int(p) for p in parts]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use D,H,W output voxels, e.g. 64,64,64 (or one number)") from None
+    if len(nums) == 1:
+        nums *= 3
+    if len(nums) != 3 or any(n < 1 for n in nums):
+        raise click.BadParameter(f"{value!r}: use three positive integers D,H,W, e.g. 64,64,64")
+    return tuple(nums)  # type: ignore[return-value]
+
+
+def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    from .tiling import parse_bytes
+
+    try:
+        return parse_bytes(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (.npy).")
+@click.option("--spec", "spec_path", type=click.Path(path_type=Path), help="Layer spec (YAML) with its weights.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option(
+    "--precision",
+    type=click.Choice(["fp32", "fp64", "bf16", "fp16"], case_sensitive=False),
+    default="fp32",
+    show_default=True,
+    help="Compute precision.",
+)
+@click.option(
+    "--memory-limit", default="1GiB", show_default=True, callback=_parse_memory, help="Memory budget for tiles."
+)
+@click.option("--tile", callback=_parse_tile, help="Output tile D,H,W in voxels (default: sized from the budget).")
+@click.option("--dataset", help="HDF5 input dataset path (automatic when the file holds one).")
+@click.option("--output-dataset", help="HDF5 output dataset path.")
+@click.option(
+    "--output-dtype", default="float32", show_default=True, help="float32, float64, float16, keep, int16, ..."
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--resume", is_flag=True, help="Continue a partial output left by a killed run.")
+@click.option("--dry-run", is_flag=True, help="Print the plan and write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
+@click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
+@_debug_option
+def upsample(
+    inputs: tuple[Path, ...],
+    output: Path | None,
+    spec_path: Path | None,
+    device: str,
+    precision: str,
+    memory_limit: int,
+    tile: tuple[int, int, int] | None,
+    dataset: str | None,
+    output_dataset: str | None,
+    output_dtype: str,
+    overwrite: bool,
+    resume: bool,
+    dry_run: bool,
+    as_json: bool,
+    progress: bool,
+    threads: int | None,
+) -> None:
+    """Apply a Conv3DTranspose layer to INPUT and write the upsampled volume.
+
+    \b
+    Example:
+      deconv3d upsample scan.npy -o scan_x2.npy --spec sample_data/sample_spec.yaml
+    """
+    from .spec import LayerSpec
+
+    if output is None:
+        raise click.UsageError("give the output file with -o OUTPUT")
+    if len(inputs) != 1:
+        raise click.UsageError(f"-o takes exactly one INPUT, got {len(inputs)}")
+    if spec_path is None:
+        raise click.UsageError("give the layer with --spec SPEC.yaml")
+    spec = LayerSpec.from_yaml(spec_path)
+    from . import pipeline
+
+    opts = pipeline.Options(
+        device=device,
+        precision=precision.lower(),
+        memory_limit=memory_limit,
+        tile=tile,
+        dataset=dataset,
+        output_dataset=output_dataset,
+        output_dtype=output_dtype,
+        overwrite=overwrite,
+        resume=resume,
+        progress=progress,
+    )
+    if dry_run:
+        job = pipeline.prepare(spec, inputs[0], output, opts)
+        job.reader.close()
+        report = job.describe()
+        report["status"] = "planned"
+        _emit(report, as_json, dry_run=True)
+        return
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    result = pipeline.run_job(spec, inputs[0], output, opts)
+    _emit(result, as_json)
+
+
+def _emit(report: dict[str, Any], as_json: bool, dry_run: bool = False) -> None:
+    from .tiling import format_bytes
+
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    lines = [
+        f"{report['input']}: {tuple(report['input_shape'])} {report['input_dtype']}"
+        f" -> {report['output']}: {tuple(report['output_shape'])} {report['output_dtype']}",
+        f"  layer: {report['layer']}",
+        f"  tiles: {report['tiles']} of {tuple(report['tile_shape'])} (grid {tuple(report['tile_grid'])}, "
+        f"halo {tuple(report['halo'])}), memory estimate {format_bytes(report['memory_estimate_bytes'])}",
+    ]
+    if dry_run:
+        lines.append(f"  dry run: nothing written (output would be {format_bytes(report['output_bytes'])})")
+    else:
+        lines.append(
+            f"  done in {report['seconds']:.2f} s on {report['device']} "
+            f"({report['voxels_per_s'] / 1e6:.1f} Mvox/s)"
+            + (f", {report['resumed_tiles']} tiles resumed" if report.get("resumed_tiles") else "")
+            + (f", {report['clipped_voxels']} voxels clipped" if report.get("clipped_voxels") else "")
+        )
+    click.echo("\n".join(lines), err=True)
+
+
+@main.group(context_settings=CONTEXT)
+def spec() -> None:
+    """Check layer specs."""
+
+
+@spec.command("validate", context_settings=CONTEXT)
+@click.argument("spec_path", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the normalised config as JSON.")
+@_debug_option
+def spec_validate(spec_path: Path, as_json: bool) -> None:
+    """Check SPEC (YAML, or Keras's serialised form) and its weights; exit 2 if invalid."""
+    from .spec import LayerSpec
+
+    layer = LayerSpec.from_yaml(spec_path)
+    if as_json:
+        config = layer.to_config()
+        config["in_channels"] = layer.in_channels
+        config["weights_loaded"] = layer.kernel is not None
+        click.echo(json.dumps(config, indent=2))
+    else:
+        click.echo(f"{spec_path}: ok: {layer.describe()}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

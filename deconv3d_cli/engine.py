@@ -1,0 +1,156 @@
+"""The torch engine: one input slab in, one exactly cropped, biased and activated output tile out.
+
+The whole volume is just the largest tile, so the in-memory API and the streaming pipeline run the
+same code and cannot drift apart. torch computes the uncropped ("full") transposed convolution of the
+slab; the crop, TensorFlow's asymmetric `same` rounding and the bias-only tail come from the slab
+offsets that geometry.py derives.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import activations
+from .errors import SpecError
+from .layout import CHANNELS_FIRST
+from .spec import LayerSpec
+
+PRECISIONS = {
+    "fp32": torch.float32,
+    "fp64": torch.float64,
+    "fp16": torch.float16,
+    "bf16": torch.bfloat16,
+}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """`auto` takes the first CUDA device when one is present, else the CPU."""
+    name = (device or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SpecError(f"{device!r} is not a device; use auto, cpu, cuda or cuda:N", field="--device") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise SpecError("CUDA was asked for but no CUDA device is available; use --device cpu", field="--device")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise SpecError(
+                f"cuda:{dev.index} does not exist ({torch.cuda.device_count()} CUDA device(s))", field="--device"
+            )
+    elif dev.type != "cpu":
+        raise SpecError(f"{device!r} is not supported; use auto, cpu, cuda or cuda:N", field="--device")
+    return dev
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    key = (precision or "fp32").lower()
+    if key not in PRECISIONS:
+        raise SpecError(f"{precision!r}; use one of {', '.join(PRECISIONS)}", field="--precision")
+    if key == "fp16" and device.type == "cpu":
+        raise SpecError("fp16 is for CUDA devices; on the CPU use fp32, fp64 or bf16", field="--precision")
+    return PRECISIONS[key]
+
+
+class Engine:
+    """A layer bound to a device, a compute precision and an input channel count."""
+
+    def __init__(
+        self,
+        spec: LayerSpec,
+        in_channels: int,
+        device: str | torch.device = "cpu",
+        precision: str = "fp32",
+    ) -> None:
+        self.spec = spec
+        self.in_channels = int(in_channels)
+        self.device = device if isinstance(device, torch.device) else resolve_device(device)
+        self.dtype = resolve_precision(precision, self.device)
+        kernel, bias = spec.materialise(self.in_channels)
+        # Keras (kd, kh, kw, filters, in) -> torch (in, filters, kd, kh, kw); no flip (SEMANTICS.md).
+        self.weight = torch.from_numpy(np.ascontiguousarray(np.asarray(kernel).transpose(4, 3, 0, 1, 2))).to(
+            self.device, self.dtype
+        )
+        self.bias = (
+            None
+            if bias is None
+            else torch.from_numpy(np.asarray(bias).copy()).to(self.device, self.dtype).view(1, -1, 1, 1, 1)
+        )
+        # Keras applies softmax on the tensor's last axis: channels for channels_last, width otherwise.
+        self.softmax_dim = 4 if spec.data_format == CHANNELS_FIRST else 1
+
+    @property
+    def out_numpy_dtype(self) -> np.dtype:
+        return np.dtype(np.float64) if self.dtype == torch.float64 else np.dtype(np.float32)
+
+    def to_tensor(self, slab: Any) -> torch.Tensor:
+        if isinstance(slab, torch.Tensor):
+            return slab.to(self.device, self.dtype)
+        arr = np.asarray(slab)
+        if arr.dtype.kind not in "fiub":
+            raise SpecError(f"input has dtype {arr.dtype}; a numeric array is needed")
+        if arr.dtype.kind == "b" or arr.dtype.byteorder not in ("=", "|") or arr.dtype not in (np.float32, np.float64):
+            arr = arr.astype(np.float64 if self.dtype == torch.float64 else np.float32)
+        return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device, self.dtype)
+
+    def tile(self, slab: Any, offsets: Sequence[int], sizes: Sequence[int]) -> torch.Tensor:
+        """Output positions [offset, offset + size) of the slab's full output, per axis, in (N, F, d, h, w).
+
+        Positions outside the slab's full output (negative offsets where `k < s` leaves gaps, or past
+        its end) receive only the bias, as they do in Keras.
+        """
+        x = self.to_tensor(slab)
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise SpecError(f"slab of shape {tuple(x.shape)} does not have {self.in_channels} channel(s) on axis 1")
+        n, f = x.shape[0], self.spec.filters
+        sizes = tuple(int(v) for v in sizes)
+        offsets = tuple(int(v) for v in offsets)
+        if any(v == 0 for v in x.shape[2:]):
+            y = torch.zeros((n, f, *sizes), device=self.device, dtype=self.dtype)
+        else:
+            with torch.inference_mode():
+                full = F.conv_transpose3d(
+                    x, self.weight, None, stride=self.spec.strides, dilation=self.spec.dilation_rate
+                )
+            y = _window(full, offsets, sizes)
+        with torch.inference_mode():
+            if self.bias is not None:
+                y = y.add_(self.bias)
+            return activations.apply(self.spec.activation, y, self.softmax_dim)
+
+    def whole(self, x: Any) -> torch.Tensor:
+        """The layer on a whole (N, C, D, H, W) volume."""
+        shape = tuple(x.shape)
+        axes = self.spec.axes(shape[2:])
+        return self.tile(x, [ax.crop for ax in axes], [ax.out for ax in axes])
+
+
+def _window(full: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
+    """full[..., o:o+n] per axis, zero where the window runs outside `full`."""
+    lengths = full.shape[2:]
+    if all(o >= 0 and o + n <= L for o, n, L in zip(offsets, sizes, lengths)):
+        return full[(..., *(slice(o, o + n) for o, n in zip(offsets, sizes)))]
+    out = full.new_zeros((*full.shape[:2], *sizes))
+    src, dst = [], []
+    for o, n, L in zip(offsets, sizes, lengths):
+        lo, hi = max(o, 0), min(o + n, L)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - o, hi - o))
+    out[(..., *dst)] = full[(..., *src)]
+    return out
+
+
+def to_numpy(y: torch.Tensor, dtype: np.dtype | None = None) -> np.ndarray:
+    arr = y.detach()
+    if arr.dtype in (torch.float16, torch.bfloat16):
+        arr = arr.float()
+    out = arr.cpu().numpy()
+    return out if dtype is None else out.astype(dtype, copy=False)

@@ -1,0 +1,145 @@
+"""Integer and affine math of Conv3DTranspose, one axis at a time.
+
+Every length, crop, halo and affine the tool uses comes from this module, so that the engine, the
+tiler, the writers and the dry-run report can never disagree about a shape. The formulas are those of
+SEMANTICS.md (TensorFlow's rules, which is where Keras-trained weights come from).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+VALID = "valid"
+SAME = "same"
+
+
+def effective_kernel(kernel: int, dilation: int) -> int:
+    """Span of a dilated kernel: the taps sit `dilation` apart."""
+    return (kernel - 1) * dilation + 1
+
+
+def full_length(length: int, kernel: int, stride: int, dilation: int = 1) -> int:
+    """Length of the uncropped transposed convolution of `length` input voxels."""
+    if length <= 0:
+        return 0
+    return (length - 1) * stride + effective_kernel(kernel, dilation)
+
+
+def output_length(
+    length: int,
+    kernel: int,
+    stride: int,
+    padding: str,
+    output_padding: int | None = None,
+    dilation: int = 1,
+) -> int:
+    """Keras's `deconv_output_length` with dilation, as TensorFlow evaluates it."""
+    k_eff = effective_kernel(kernel, dilation)
+    if output_padding is None:
+        if padding == VALID:
+            return length * stride + max(k_eff - stride, 0)
+        return length * stride
+    if padding == VALID:
+        return (length - 1) * stride + k_eff + output_padding
+    return (length - 1) * stride + k_eff - 2 * (k_eff // 2) + output_padding
+
+
+def crop_offset(length: int, kernel: int, stride: int, padding: str, out_length: int, dilation: int = 1) -> int:
+    """First full-output position that lands on output 0 (TF puts the odd element at the end)."""
+    if padding == VALID:
+        return 0
+    return max(full_length(length, kernel, stride, dilation) - out_length, 0) // 2
+
+
+@dataclass(frozen=True)
+class Axis:
+    """The transposed convolution along one spatial axis of a given input length."""
+
+    length: int
+    kernel: int
+    stride: int
+    dilation: int
+    padding: str
+    output_padding: int | None
+
+    @property
+    def k_eff(self) -> int:
+        return effective_kernel(self.kernel, self.dilation)
+
+    @property
+    def full(self) -> int:
+        return full_length(self.length, self.kernel, self.stride, self.dilation)
+
+    @property
+    def out(self) -> int:
+        return output_length(self.length, self.kernel, self.stride, self.padding, self.output_padding, self.dilation)
+
+    @property
+    def crop(self) -> int:
+        return crop_offset(self.length, self.kernel, self.stride, self.padding, self.out, self.dilation)
+
+    @property
+    def halo(self) -> int:
+        """Input voxels below a stride-aligned tile that still reach into it."""
+        return -(-self.k_eff // self.stride) - 1
+
+    def input_range(self, start: int, stop: int) -> SlabRange:
+        """Input rows feeding output positions [start, stop), and where they land in the slab's output.
+
+        `lo`/`hi` are the inclusive-exclusive input rows (clipped to the volume); `offset` is the
+        position in that slab's uncropped output that corresponds to output `start`. When no input row
+        reaches the range (past `full`, the bias-only tail), the slab is empty.
+        """
+        if not 0 <= start < stop <= self.out:
+            raise ValueError(f"output range [{start}, {stop}) outside [0, {self.out})")
+        c, s, k = self.crop, self.stride, self.k_eff
+        i0 = max(-((k - 1 - start - c) // s), 0)  # ceil((start + c - k + 1) / s)
+        i1 = min((stop - 1 + c) // s, self.length - 1)
+        if i1 < i0:
+            return SlabRange(0, 0, 0)
+        return SlabRange(i0, i1 + 1, start + c - i0 * s)
+
+
+@dataclass(frozen=True)
+class SlabRange:
+    lo: int
+    hi: int
+    offset: int
+
+    @property
+    def size(self) -> int:
+        return self.hi - self.lo
+
+
+def axes_for(
+    spatial_shape: Sequence[int],
+    kernel_size: Sequence[int],
+    strides: Sequence[int],
+    dilation_rate: Sequence[int],
+    padding: str,
+    output_padding: Sequence[int] | None,
+) -> tuple[Axis, Axis, Axis]:
+    ops = output_padding if output_padding is not None else (None, None, None)
+    return tuple(  # type: ignore[return-value]
+        Axis(int(n), int(k), int(s), int(d), padding, None if op is None else int(op))
+        for n, k, s, d, op in zip(spatial_shape, kernel_size, strides, dilation_rate, ops)
+    )
+
+
+def output_affine(affine: np.ndarray, axes: Sequence[Axis]) -> np.ndarray:
+    """World-to-voxel mapping of the output: output voxel o sits at input voxel (o + c - (K-1)/2) / s.
+
+    The input affine is composed with a diagonal scale and shift, so orientation and shear are kept.
+    """
+    t = np.eye(4)
+    for a, ax in enumerate(axes):
+        t[a, a] = 1.0 / ax.stride
+        t[a, 3] = (ax.crop - (ax.k_eff - 1) / 2.0) / ax.stride
+    return np.asarray(affine, dtype=np.float64) @ t
+
+
+def output_spacing(spacing: Sequence[float], strides: Sequence[int]) -> tuple[float, ...]:
+    return tuple(float(v) / int(s) for v, s in zip(spacing, strides))

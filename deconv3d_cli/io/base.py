@@ -1,0 +1,49 @@
+"""The small protocol every format implements, so the pipeline never needs to know the format.
+
+A reader exposes the stored array's shape and dtype and reads boxes of it; a writer receives boxes of
+the output and makes them durable on `flush`. Geometry travels beside the data as `VolumeMeta`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+
+@dataclass
+class VolumeMeta:
+    """What a format knows about where the voxels are; all optional."""
+
+    spacing: tuple[float, float, float] | None = None
+    affine: np.ndarray | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+    header: Any = None
+
+
+class Reader(Protocol):
+    path: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...] | None
+    meta: VolumeMeta
+    format: str
+
+    def read(self, index: tuple[slice, ...]) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+
+class Writer(Protocol):
+    path: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...] | None
+
+    def write(self, index: tuple[slice, ...], data: np.ndarray) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def close(self) -> None: ...

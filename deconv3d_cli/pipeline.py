@@ -1,0 +1,369 @@
+"""Runs a tile plan: read-ahead, compute, write-behind, progress, journal, atomic commit.
+
+Three stages joined by bounded queues (their depth is what tiling.py counts in the memory estimate):
+a reader thread fetches input slabs, the calling thread runs the engine, a writer thread stores the
+tiles and, every `flush_every` seconds, makes them durable and records them in the journal. Any error
+or interrupt in any stage stops all three and removes the partial output.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import io as vio
+from .atomic import OutputTarget, same_file
+from .errors import InputError, RunError
+from .layout import Layout
+from .spec import LayerSpec
+from .tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, format_bytes, make_plan
+
+FLOAT_DTYPES = ("float32", "float64", "float16")
+
+
+@dataclass
+class Options:
+    device: str = "cpu"
+    precision: str = "fp32"
+    memory_limit: int = 1 << 30
+    tile: tuple[int, int, int] | None = None
+    dataset: str | None = None
+    output_dataset: str | None = None
+    output_dtype: str = "float32"
+    overwrite: bool = False
+    resume: bool = False
+    progress: bool = True
+    flush_every: float = 2.0
+    writer_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Prepared:
+    """Everything known about one job before any voxel is computed."""
+
+    spec: LayerSpec
+    input: Path
+    output: Path
+    reader: Any
+    in_layout: Layout
+    out_layout: Layout
+    out_shape: tuple[int, ...]
+    out_dtype: np.dtype
+    plan: Plan
+    out_format: str
+    meta: vio.VolumeMeta
+
+    def header(self) -> dict[str, Any]:
+        """What must match for `--resume` to continue a partial output."""
+        st = self.input.stat()
+        return {
+            "input": str(self.input.resolve()),
+            "input_size": st.st_size,
+            "input_mtime_ns": st.st_mtime_ns,
+            "spec": self.spec.fingerprint(),
+            "out_shape": list(self.out_shape),
+            "out_dtype": self.out_dtype.str,
+            "tile_shape": list(self.plan.tile_shape),
+            "batch_step": self.plan.batch_step,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        plan = self.plan
+        return {
+            "input": str(self.input),
+            "output": str(self.output),
+            "input_shape": list(self.reader.shape),
+            "input_dtype": str(self.reader.dtype),
+            "output_shape": list(self.out_shape),
+            "output_dtype": str(self.out_dtype),
+            "layer": self.spec.describe(),
+            "tile_shape": list(plan.tile_shape),
+            "batch_per_tile": plan.batch_step,
+            "tile_grid": list(plan.grid),
+            "tiles": len(plan),
+            "halo": list(plan.halo),
+            "memory_estimate_bytes": plan.tile_bytes(),
+            "output_bytes": int(np.prod(self.out_shape)) * self.out_dtype.itemsize,
+        }
+
+
+def resolve_output_dtype(name: str, input_dtype: np.dtype) -> np.dtype:
+    key = (name or "float32").lower()
+    if key == "keep":
+        return np.dtype(input_dtype) if np.dtype(input_dtype).kind != "b" else np.dtype(np.uint8)
+    try:
+        dt = np.dtype(key)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in "fiu":
+        raise InputError(
+            f"{name!r}; use float32, float64, float16, keep or an integer type such as int16", field="--output-dtype"
+        )
+    return dt
+
+
+def prepare(spec: LayerSpec, input_path: Path, output_path: Path, opts: Options) -> Prepared:
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_path.exists() and same_file(input_path, output_path) or input_path.resolve() == output_path.resolve():
+        raise InputError("output is the input file; choose another output path", source=str(output_path))
+    out_format = vio.format_of(output_path)
+    reader = vio.open_reader(input_path, opts.dataset)
+    try:
+        if len(reader.shape) not in (3, 4, 5):
+            raise InputError(
+                f"shape {reader.shape}: expected 3 (D, H, W), 4 (with channels) or 5 (with batch) dimensions",
+                source=str(input_path),
+            )
+        layout = spec.layout(len(reader.shape))
+        channels = layout.channels(reader.shape)
+        expected = spec.kernel.shape[4] if spec.kernel is not None else spec.in_channels
+        if expected is not None and channels != expected:
+            raise InputError(
+                f"shape {reader.shape} has {channels} channel(s) ({spec.data_format}) but the layer expects "
+                f"{expected}; check data_format in the spec",
+                source=str(input_path),
+            )
+        axes = spec.axes(layout.spatial_shape(reader.shape))
+        out_shape = spec.output_shape(reader.shape)
+        out_layout = layout.output_layout(spec.filters)
+        out_dtype = resolve_output_dtype(opts.output_dtype, reader.dtype)
+        compute_item = 8 if opts.precision == "fp64" else 4
+        costs = Costs(in_item=reader.dtype.itemsize, compute_item=compute_item, out_item=out_dtype.itemsize)
+        chunks = vio.output_chunks(out_format, out_shape, out_dtype, out_layout, opts.writer_options)
+        spatial_chunks = None if chunks is None else [chunks[a] for a in out_layout.spatial_axes]
+        plan = make_plan(
+            axes,
+            layout.batch(reader.shape),
+            channels,
+            spec.filters,
+            spec.kernel_size,
+            memory_limit=opts.memory_limit,
+            tile_shape=opts.tile,
+            chunks=spatial_chunks,
+            full_width=spec.mixes_width,
+            costs=costs,
+        )
+        meta = vio.output_meta(reader.meta, axes)
+    except BaseException:
+        reader.close()
+        raise
+    return Prepared(
+        spec, input_path, output_path, reader, layout, out_layout, out_shape, out_dtype, plan, out_format, meta
+    )
+
+
+class _Stop(Exception):
+    pass
+
+
+def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
+    while True:
+        if stop.is_set():
+            raise _Stop
+        try:
+            return q.get(timeout=0.1)
+        except queue.Empty:
+            continue
+
+
+def _cast(y: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, int]:
+    """Cast to the output dtype; integers are rounded and clipped, and the clipped voxels counted."""
+    if dtype.kind == "f":
+        return y.astype(dtype, copy=False), 0
+    info = np.iinfo(dtype)
+    y = np.rint(y)
+    clipped = int(np.count_nonzero((y < info.min) | (y > info.max)))
+    return np.clip(y, info.min, info.max).astype(dtype), clipped
+
+
+def execute(
+    job: Prepared,
+    engine: Any,
+    opts: Options,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Compute every tile of the plan into a partial file, then atomically move it onto the target."""
+    from .engine import to_numpy
+
+    target = OutputTarget(job.output, job.header(), overwrite=opts.overwrite, resume=opts.resume)
+    resumed = target.open()
+    writer = None
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    clipped = [0]
+    plan, in_layout, out_layout = job.plan, job.in_layout, job.out_layout
+    todo = [t for t in plan.tiles() if t.index not in target.done]
+    skipped_voxels = sum(t.voxels for t in plan.tiles() if t.index in target.done) if resumed else 0
+    started = time.perf_counter()
+    bar = _progress_bar(job, opts, initial=skipped_voxels)
+    try:
+        writer = vio.create_writer(
+            target.partial,
+            job.out_format,
+            job.out_shape,
+            job.out_dtype,
+            job.meta,
+            resume=resumed,
+            dataset=opts.output_dataset,
+            **opts.writer_options,
+        )
+        q_in: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
+        q_out: queue.Queue[Any] = queue.Queue(maxsize=WRITE_BEHIND)
+
+        def read_stage() -> None:
+            try:
+                for tile in todo:
+                    raw = job.reader.read(in_layout.region(tile.src, tile.batch))
+                    _put(q_in, (tile, in_layout.to_ncdhw(raw)), stop)
+                _put(q_in, None, stop)
+            except _Stop:
+                pass
+            except BaseException as exc:  # noqa: BLE001 - handed to the main thread
+                errors.append(exc)
+                stop.set()
+
+        def write_stage() -> None:
+            pending: list[int] = []
+            last = time.monotonic()
+            try:
+                while True:
+                    item = _get(q_out, stop)
+                    if item is None:
+                        break
+                    tile, data = item
+                    writer.write(out_layout.region(tile.out, tile.batch), data)
+                    pending.append(tile.index)
+                    bar.update(tile.voxels)
+                    if on_progress:
+                        on_progress(tile.voxels)
+                    if time.monotonic() - last >= opts.flush_every:
+                        writer.flush()
+                        target.record(pending)
+                        pending, last = [], time.monotonic()
+                writer.flush()
+                target.record(pending)
+            except _Stop:
+                pass
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+                stop.set()
+
+        threads = [threading.Thread(target=read_stage, daemon=True), threading.Thread(target=write_stage, daemon=True)]
+        for t in threads:
+            t.start()
+        try:
+            while True:
+                item = _get(q_in, stop)
+                if item is None:
+                    break
+                tile, slab = item
+                y = engine.tile(slab, tile.offsets, tile.sizes)
+                data, n_clipped = _cast(out_layout.from_ncdhw(to_numpy(y), job.spec.filters), job.out_dtype)
+                clipped[0] += n_clipped
+                _put(q_out, (tile, data), stop)
+            _put(q_out, None, stop)
+        except _Stop:
+            pass
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            for t in threads:
+                while t.is_alive():
+                    t.join(timeout=0.2)
+                    if errors or stop.is_set():
+                        stop.set()
+        if errors:
+            raise errors[0]
+        writer.close()
+        writer = None
+        target.commit()
+    except BaseException:
+        stop.set()
+        if writer is not None:
+            try:
+                writer.close()
+            except Exception:  # noqa: BLE001 - the first error is the one to report
+                pass
+        target.abort()
+        raise
+    finally:
+        bar.close()
+        job.reader.close()
+    seconds = time.perf_counter() - started
+    voxels = sum(t.voxels for t in todo)
+    result = job.describe()
+    result.update(
+        status="done",
+        seconds=round(seconds, 4),
+        voxels_per_s=round(voxels / seconds, 1) if seconds > 0 else None,
+        resumed_tiles=len(target.done) - len(todo) if resumed else 0,
+        clipped_voxels=clipped[0],
+        device=str(engine.device),
+    )
+    return result
+
+
+def _progress_bar(job: Prepared, opts: Options, initial: int = 0) -> Any:
+    from tqdm import tqdm
+
+    disabled = (
+        not opts.progress
+        or not sys.stderr.isatty()
+        or os.environ.get("TQDM_DISABLE", "").lower() not in ("", "0", "false")
+    )
+    return tqdm(
+        total=int(np.prod(job.out_shape)) // job.spec.filters,
+        initial=initial,
+        unit="vox",
+        unit_scale=True,
+        desc=job.output.name,
+        disable=disabled,
+        file=sys.stderr,
+        leave=False,
+        dynamic_ncols=True,
+    )
+
+
+def run_job(
+    spec: LayerSpec, input_path: Path, output_path: Path, opts: Options, engines: dict | None = None
+) -> dict[str, Any]:
+    """prepare + execute with an engine cached per input channel count (set up once per run)."""
+    from .engine import Engine
+
+    job = prepare(spec, input_path, output_path, opts)
+    engines = {} if engines is None else engines
+    channels = job.in_layout.channels(job.reader.shape)
+    try:
+        if channels not in engines:
+            engines[channels] = Engine(spec, channels, opts.device, opts.precision)
+    except BaseException:
+        job.reader.close()
+        raise
+    try:
+        return execute(job, engines[channels], opts)
+    except MemoryError as exc:
+        raise RunError(f"out of memory ({exc}); lower --memory-limit or --tile", source=str(input_path)) from None
+
+
+__all__ = ["Options", "Prepared", "prepare", "execute", "run_job", "format_bytes", "FLOAT_DTYPES"]

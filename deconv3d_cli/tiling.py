@@ -1,0 +1,224 @@
+"""Tile plans: which output boxes to compute, which input slab each needs, and what it costs in memory.
+
+Output tiles are aligned to the strides (and to the output's chunks when it has any), so every tile's
+input slab is the same size up to the volume's edges and concurrent writers never share a chunk. The
+input each tile needs comes from `geometry.Axis.input_range`, so tiled and whole-volume results agree.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import product
+
+from .errors import InputError
+from .geometry import Axis
+
+# Read-ahead slabs and write-behind tiles kept in the pipeline's queues (counted in the estimate).
+READ_AHEAD = 2
+WRITE_BEHIND = 2
+
+
+@dataclass(frozen=True)
+class Tile:
+    index: int
+    batch: slice
+    out: tuple[slice, slice, slice]
+    src: tuple[slice, slice, slice]
+    offsets: tuple[int, int, int]
+
+    @property
+    def sizes(self) -> tuple[int, int, int]:
+        return tuple(s.stop - s.start for s in self.out)  # type: ignore[return-value]
+
+    @property
+    def voxels(self) -> int:
+        return math.prod(self.sizes) * (self.batch.stop - self.batch.start)
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Bytes per element of the input as stored, of compute, and of the output as stored."""
+
+    in_item: int = 4
+    compute_item: int = 4
+    out_item: int = 4
+
+
+@dataclass(frozen=True)
+class Plan:
+    axes: tuple[Axis, Axis, Axis]
+    batch: int
+    channels: int
+    filters: int
+    kernel_size: tuple[int, int, int]
+    tile_shape: tuple[int, int, int]
+    batch_step: int
+    costs: Costs = Costs()
+
+    @property
+    def out_shape(self) -> tuple[int, int, int]:
+        return tuple(ax.out for ax in self.axes)  # type: ignore[return-value]
+
+    @property
+    def in_shape(self) -> tuple[int, int, int]:
+        return tuple(ax.length for ax in self.axes)  # type: ignore[return-value]
+
+    @property
+    def grid(self) -> tuple[int, int, int, int]:
+        spatial = tuple(-(-n // t) for n, t in zip(self.out_shape, self.tile_shape))
+        return (-(-self.batch // self.batch_step), *spatial)  # type: ignore[return-value]
+
+    @property
+    def halo(self) -> tuple[int, int, int]:
+        return tuple(ax.halo for ax in self.axes)  # type: ignore[return-value]
+
+    def __len__(self) -> int:
+        return math.prod(self.grid)
+
+    def tiles(self) -> Iterator[Tile]:
+        """Tiles in C order of the output (batch, then depth slowest), so files fill front to back."""
+        starts = [range(0, n, t) for n, t in zip(self.out_shape, self.tile_shape)]
+        for index, (b, *corner) in enumerate(product(range(0, self.batch, self.batch_step), *starts)):
+            out, src, offsets = [], [], []
+            for ax, a, t in zip(self.axes, corner, self.tile_shape):
+                stop = min(a + t, ax.out)
+                r = ax.input_range(a, stop)
+                out.append(slice(a, stop))
+                src.append(slice(r.lo, r.hi))
+                offsets.append(r.offset)
+            yield Tile(index, slice(b, min(b + self.batch_step, self.batch)), tuple(out), tuple(src), tuple(offsets))
+
+    def tile_bytes(self, tile_shape: Sequence[int] | None = None, batch_step: int | None = None) -> int:
+        """Peak bytes of one tile in flight plus the pipeline's queued buffers.
+
+        Counts the raw and converted input slab, the slab's uncropped output, the engine's column
+        workspace (torch's transposed convolution unfolds F * kd*kh*kw values per input voxel), the
+        cropped and activated tile, and its copy in the output dtype.
+        """
+        shape = tuple(tile_shape or self.tile_shape)
+        b = batch_step or self.batch_step
+        c = self.costs
+        n_in = [min(-(-t // ax.stride) + ax.halo + 1, ax.length) for t, ax in zip(shape, self.axes)]
+        n_full = [(n - 1) * ax.stride + ax.k_eff for n, ax in zip(n_in, self.axes)]
+        vin, vfull, vout = math.prod(n_in), math.prod(n_full), math.prod(shape)
+        slab = b * self.channels * vin
+        raw = slab * c.in_item
+        converted = slab * c.compute_item
+        full = b * self.filters * vfull * c.compute_item
+        workspace = self.filters * math.prod(self.kernel_size) * vin * c.compute_item
+        out = b * self.filters * vout
+        tile = 2 * out * c.compute_item
+        written = out * c.out_item
+        return (1 + READ_AHEAD) * raw + converted + full + workspace + tile + (1 + WRITE_BEHIND) * written
+
+
+def make_plan(
+    axes: Sequence[Axis],
+    batch: int,
+    channels: int,
+    filters: int,
+    kernel_size: Sequence[int],
+    *,
+    memory_limit: int,
+    tile_shape: Sequence[int] | None = None,
+    chunks: Sequence[int] | None = None,
+    full_width: bool = False,
+    costs: Costs = Costs(),
+) -> Plan:
+    """A plan with the given tile shape, or the largest aligned one whose estimate fits the budget."""
+    axes = tuple(axes)
+    out = [ax.out for ax in axes]
+    base = dict(axes=axes, batch=batch, channels=channels, filters=filters, kernel_size=tuple(kernel_size), costs=costs)
+    if tile_shape is not None:
+        shape = [min(int(t), n) for t, n in zip(tile_shape, out)]
+        if any(t < 1 for t in shape):
+            raise InputError(f"tile {list(tile_shape)} must be positive on every axis", field="--tile")
+        if full_width and shape[2] != out[2]:
+            raise InputError(
+                f"softmax over channels_first acts on the width axis, so tiles must span all {out[2]} "
+                f"voxels of it; got tile width {shape[2]}",
+                field="--tile",
+            )
+        plan = Plan(tile_shape=tuple(shape), batch_step=1 if batch > 1 else batch, **base)  # type: ignore[arg-type]
+        if plan.tile_bytes() > memory_limit:
+            raise InputError(
+                f"tile {shape} needs about {format_bytes(plan.tile_bytes())}, over the memory limit of "
+                f"{format_bytes(memory_limit)}; use a smaller --tile or a larger --memory-limit",
+                field="--tile",
+            )
+        return plan
+    units = []
+    for a, ax in enumerate(axes):
+        unit = ax.stride
+        if chunks is not None:
+            unit = math.lcm(unit, int(chunks[a]))
+        units.append(min(unit, out[a]))
+    shape = list(out)
+    batch_step = batch
+    plan = Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]
+    comfortable = [min(out[a], 8 * units[a]) for a in range(3)]
+    while plan.tile_bytes(shape, batch_step) > memory_limit:
+        if batch_step > 1:
+            batch_step = max(1, batch_step // 2)
+            continue
+        shrinkable = [a for a in range(3) if not (full_width and a == 2)]
+        # Shrink depth first (slabs then stay contiguous in C order), down to a comfortable height,
+        # then height, then width; only then go below comfortable sizes.
+        pick = next((a for a in shrinkable if shape[a] > comfortable[a]), None)
+        if pick is None:
+            candidates = [a for a in shrinkable if shape[a] > units[a]]
+            if not candidates:
+                need = plan.tile_bytes(shape, batch_step)
+                raise InputError(
+                    f"the smallest tile {shape} needs about {format_bytes(need)}, over the memory limit of "
+                    f"{format_bytes(memory_limit)}; raise --memory-limit to at least {format_bytes(need)}",
+                    field="--memory-limit",
+                )
+            pick = max(candidates, key=lambda a: shape[a] / units[a])
+            floor = units[pick]
+        else:
+            floor = comfortable[pick]
+        half = -(-shape[pick] // 2)
+        shape[pick] = max(floor, -(-half // units[pick]) * units[pick])
+    return Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]
+
+
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "kib": 1024,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "mib": 1024**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "gib": 1024**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "tib": 1024**4,
+}
+
+
+def parse_bytes(text: str) -> int:
+    """'1GiB', '512MB', '256m', '1e9' -> bytes (binary units are powers of 1024)."""
+    s = str(text).strip().lower().replace(" ", "")
+    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = s[len(num) :]
+    if unit not in _UNITS or not num:
+        raise ValueError(f"{text!r} is not a size; use e.g. 512MiB, 2GiB or 1000000000")
+    value = float(num) * _UNITS[unit]
+    if value <= 0:
+        raise ValueError(f"{text!r} must be positive")
+    return int(value)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
