@@ -123,7 +123,8 @@ def prepare(spec: LayerSpec, input_path: Path, output_path: Path, opts: Options)
                 f"shape {reader.shape}: expected 3 (D, H, W), 4 (with channels) or 5 (with batch) dimensions",
                 source=str(input_path),
             )
-        layout = spec.layout(len(reader.shape))
+        # Formats with a fixed axis order (NIfTI: x, y, z, channels) say so; others follow the spec.
+        layout = Layout(len(reader.shape), getattr(reader, "data_format", None) or spec.data_format)
         channels = layout.channels(reader.shape)
         expected = spec.kernel.shape[4] if spec.kernel is not None else spec.in_channels
         if expected is not None and channels != expected:
@@ -133,7 +134,7 @@ def prepare(spec: LayerSpec, input_path: Path, output_path: Path, opts: Options)
                 source=str(input_path),
             )
         axes = spec.axes(layout.spatial_shape(reader.shape))
-        out_shape = spec.output_shape(reader.shape)
+        out_shape = layout.output_shape(reader.shape, [ax.out for ax in axes], spec.filters)
         out_layout = layout.output_layout(spec.filters)
         out_dtype = resolve_output_dtype(opts.output_dtype, reader.dtype)
         compute_item = 8 if opts.precision == "fp64" else 4

@@ -2,27 +2,38 @@
 
 from __future__ import annotations
 
+import importlib
+
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
 from .. import geometry
 from ..errors import InputError
 from ..geometry import Axis
-from . import npy
 from .base import Reader, VolumeMeta, Writer
 
-_FORMATS = {npy.FORMAT: npy}
+# format -> (module, file suffixes). Modules are imported on first use, so a format's library
+# (h5py, nibabel) costs nothing until a file of that format is touched.
+_REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
+    "npy": ("npy", (".npy",)),
+    "hdf5": ("hdf5", (".h5", ".hdf5", ".hdf", ".he5")),
+    "nifti": ("nifti", (".nii", ".nii.gz")),
+}
+
+
+def _module(fmt: str) -> Any:
+    return importlib.import_module(f".{_REGISTRY[fmt][0]}", __name__)
 
 
 def format_of(path: Path | str) -> str:
     name = str(path).lower()
-    for fmt, module in _FORMATS.items():
-        if name.endswith(module.SUFFIXES):
+    for fmt, (_, suffixes) in _REGISTRY.items():
+        if name.endswith(suffixes):
             return fmt
-    supported = ", ".join(s for m in _FORMATS.values() for s in m.SUFFIXES)
+    supported = ", ".join(s for _, suffixes in _REGISTRY.values() for s in suffixes)
     raise InputError(f"unknown file type; supported: {supported}", source=str(path))
 
 
@@ -31,7 +42,7 @@ def open_reader(path: Path | str, dataset: str | None = None) -> Reader:
     fmt = format_of(path)
     if not path.exists():
         raise InputError("no such file", source=str(path))
-    return _FORMATS[fmt].open_reader(path, dataset)
+    return _module(fmt).open_reader(path, dataset)
 
 
 def create_writer(
@@ -43,17 +54,14 @@ def create_writer(
     resume: bool = False,
     **options: Any,
 ) -> Writer:
-    module = _FORMATS[fmt]
-    if fmt == npy.FORMAT:
-        return npy.NpyWriter(path, shape, np.dtype(dtype), meta, resume=resume)
-    return module.create_writer(path, shape, np.dtype(dtype), meta, resume=resume, **options)
+    return _module(fmt).create_writer(path, shape, np.dtype(dtype), meta, resume=resume, **options)
 
 
 def output_chunks(
     fmt: str, shape: tuple[int, ...], dtype: Any, layout: Any, options: dict[str, Any]
 ) -> tuple[int, ...] | None:
     """The output's chunk shape, when the format stores chunks (tiles are aligned to it)."""
-    module = _FORMATS[fmt]
+    module = _module(fmt)
     chooser = getattr(module, "output_chunks", None)
     return None if chooser is None else chooser(shape, np.dtype(dtype), layout, options)
 

@@ -10,12 +10,10 @@ import numpy as np
 from ..errors import InputError
 from .base import VolumeMeta
 
-FORMAT = "npy"
-SUFFIXES = (".npy",)
 
 
 class NpyReader:
-    format = FORMAT
+    format = "npy"
     chunks = None
 
     def __init__(self, path: Path) -> None:
@@ -82,3 +80,12 @@ def open_reader(path: Path, dataset: str | None = None) -> NpyReader:
     if dataset:
         raise InputError("--dataset applies to HDF5 inputs, not .npy", source=str(path), field="--dataset")
     return NpyReader(path)
+
+
+def create_writer(
+    path: Path, shape: tuple[int, ...], dtype: np.dtype, meta: VolumeMeta, resume: bool = False, **options: object
+) -> NpyWriter:
+    dataset = options.pop("dataset", None)
+    if dataset:
+        raise InputError("--output-dataset applies to HDF5 outputs, not .npy", source=str(path), field="--output-dataset")
+    return NpyWriter(path, shape, dtype, meta, resume=resume)
