@@ -142,6 +142,13 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
+@click.option(
+    "--checkpoint-every",
+    type=click.FloatRange(min=0),
+    default=2.0,
+    show_default=True,
+    help="Seconds between making finished tiles durable for --resume (0: after every tile).",
+)
 @_debug_option
 def upsample(
     inputs: tuple[Path, ...],
@@ -160,6 +167,7 @@ def upsample(
     as_json: bool,
     progress: bool,
     threads: int | None,
+    checkpoint_every: float,
 ) -> None:
     """Apply a Conv3DTranspose layer to INPUT and write the upsampled volume.
 
@@ -189,6 +197,7 @@ def upsample(
         overwrite=overwrite,
         resume=resume,
         progress=progress,
+        flush_every=checkpoint_every,
     )
     if dry_run:
         job = pipeline.prepare(spec, inputs[0], output, opts)

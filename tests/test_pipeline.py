@@ -1,0 +1,197 @@
+"""Streaming pipeline: tiled runs equal the whole-volume engine, safe output, kill and resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from deconv3d_cli import InputError, LayerSpec, conv3d_transpose
+from deconv3d_cli.atomic import journal_path, partial_path
+from deconv3d_cli.pipeline import Options, prepare, run_job
+
+
+def make_spec(tmp: Path, rng: np.random.Generator, in_ch: int = 2, **hyper) -> tuple[Path, LayerSpec]:
+    hyper.setdefault("filters", 3)
+    hyper.setdefault("kernel_size", 3)
+    hyper.setdefault("strides", 2)
+    hyper.setdefault("padding", "same")
+    k = tuple(LayerSpec.create(**hyper).kernel_size)
+    kernel = rng.standard_normal((*k, hyper["filters"], in_ch)).astype(np.float32)
+    bias = rng.standard_normal(hyper["filters"]).astype(np.float32)
+    spec = LayerSpec.create(**hyper, kernel=kernel, bias=bias)
+    path = spec.save(tmp / "layer.yaml")
+    return path, LayerSpec.from_yaml(path)
+
+
+def reference(spec: LayerSpec, x: np.ndarray) -> np.ndarray:
+    cfg = spec.to_config()
+    return conv3d_transpose(
+        x,
+        spec.kernel,
+        spec.bias,
+        strides=cfg["strides"],
+        padding=cfg["padding"],
+        output_padding=cfg["output_padding"],
+        data_format=cfg["data_format"],
+        dilation_rate=cfg["dilation_rate"],
+        activation=cfg["activation"],
+        precision="fp64",
+    )
+
+
+def assert_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-6) -> None:
+    assert a.shape == b.shape
+    scale = max(1.0, float(np.abs(b).max()))
+    assert float(np.abs(a.astype(np.float64) - b).max()) <= rel * scale
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    shape=st.tuples(*[st.integers(1, 9)] * 3),
+    k=st.tuples(*[st.integers(1, 4)] * 3),
+    s=st.tuples(*[st.integers(1, 3)] * 3),
+    padding=st.sampled_from(["valid", "same"]),
+    tile=st.tuples(*[st.integers(1, 7)] * 3),
+    channels_first=st.booleans(),
+    batch=st.integers(0, 2),
+)
+def test_tiled_file_run_equals_whole_volume(tmp_path_factory, shape, k, s, padding, tile, channels_first, batch):
+    tmp = tmp_path_factory.mktemp("tiled")
+    rng = np.random.default_rng(abs(hash((shape, k, s, tile))) % 2**32)
+    fmt = "channels_first" if channels_first else "channels_last"
+    spec_path, spec = make_spec(tmp, rng, in_ch=2, kernel_size=k, strides=s, padding=padding, data_format=fmt)
+    full = (2, *shape) if channels_first else (*shape, 2)
+    if batch:
+        full = (batch, *full)
+    x = rng.standard_normal(full).astype(np.float32)
+    np.save(tmp / "in.npy", x)
+    opts = Options(tile=tile, progress=False, flush_every=0)
+    result = run_job(spec, tmp / "in.npy", tmp / "out.npy", opts)
+    assert result["tiles"] >= 1
+    assert_close(np.load(tmp / "out.npy"), reference(spec, x))
+    assert sorted(p.name for p in tmp.iterdir()) == ["in.npy", "layer.npz", "layer.yaml", "out.npy"]
+
+
+def test_budgeted_plan_fits_and_matches(tmp_path):
+    rng = np.random.default_rng(1)
+    spec_path, spec = make_spec(tmp_path, rng, in_ch=1, filters=4, kernel_size=4, strides=2)
+    x = rng.standard_normal((30, 33, 17)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    opts = Options(memory_limit=2 << 20, progress=False)
+    job = prepare(spec, tmp_path / "in.npy", tmp_path / "out.npy", opts)
+    assert len(job.plan) > 1 and job.plan.tile_bytes() <= 2 << 20
+    assert all(t % 2 == 0 or t == n for t, n in zip(job.plan.tile_shape, job.plan.out_shape))
+    job.reader.close()
+    run_job(spec, tmp_path / "in.npy", tmp_path / "out.npy", opts)
+    assert_close(np.load(tmp_path / "out.npy"), reference(spec, x))
+
+
+def test_refuses_existing_output_and_input_as_output(tmp_path):
+    rng = np.random.default_rng(2)
+    _, spec = make_spec(tmp_path, rng, in_ch=1)
+    np.save(tmp_path / "in.npy", np.ones((4, 4, 4, 1), np.float32))
+    (tmp_path / "out.npy").write_bytes(b"precious")
+    with pytest.raises(InputError, match="--overwrite"):
+        run_job(spec, tmp_path / "in.npy", tmp_path / "out.npy", Options(progress=False))
+    assert (tmp_path / "out.npy").read_bytes() == b"precious"
+    with pytest.raises(InputError, match="output is the input"):
+        run_job(spec, tmp_path / "in.npy", tmp_path / "in.npy", Options(progress=False, overwrite=True))
+
+
+def test_failure_midway_leaves_target_untouched(tmp_path, monkeypatch):
+    rng = np.random.default_rng(3)
+    _, spec = make_spec(tmp_path, rng, in_ch=1)
+    np.save(tmp_path / "in.npy", rng.standard_normal((12, 12, 12, 1)).astype(np.float32))
+    (tmp_path / "out.npy").write_bytes(b"old")
+    from deconv3d_cli import engine as engine_mod
+
+    calls = {"n": 0}
+    real = engine_mod.Engine.tile
+
+    def failing(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise RuntimeError("device lost")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(engine_mod.Engine, "tile", failing)
+    with pytest.raises(RuntimeError, match="device lost"):
+        run_job(
+            spec, tmp_path / "in.npy", tmp_path / "out.npy", Options(tile=(4, 4, 4), overwrite=True, progress=False)
+        )
+    assert (tmp_path / "out.npy").read_bytes() == b"old"
+    assert not partial_path(tmp_path / "out.npy").exists()
+    assert not journal_path(tmp_path / "out.npy").exists()
+
+
+def test_resume_refuses_another_spec(tmp_path):
+    rng = np.random.default_rng(4)
+    _, spec = make_spec(tmp_path, rng, in_ch=1)
+    x = rng.standard_normal((10, 10, 10, 1)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    target = tmp_path / "out.npy"
+    job = prepare(spec, tmp_path / "in.npy", target, Options(tile=(4, 4, 4), progress=False))
+    from deconv3d_cli.atomic import OutputTarget
+
+    t = OutputTarget(target, job.header())
+    t.open()
+    partial_path(target).write_bytes(b"x")
+    t.record([0, 1])
+    t.release()
+    job.reader.close()
+    other = LayerSpec.create(**{**spec.to_config(), "kernel": spec.kernel * 2, "bias": spec.bias})
+    with pytest.raises(InputError, match="another spec"):
+        run_job(other, tmp_path / "in.npy", target, Options(tile=(4, 4, 4), resume=True, progress=False))
+    with pytest.raises(InputError, match="another tile_shape"):
+        run_job(spec, tmp_path / "in.npy", target, Options(tile=(2, 4, 4), resume=True, progress=False))
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "deconv3d_cli", *args]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path, seed):
+    """A run killed at a random tile leaves the old target intact; --resume completes it identically."""
+    rng = np.random.default_rng(seed)
+    spec_path, spec = make_spec(tmp_path, rng, in_ch=2, filters=4, kernel_size=3, strides=2)
+    x = rng.standard_normal((40, 40, 40, 2)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    common = ["--spec", str(spec_path), "--tile", "8,8,8", "--no-progress", "--device", "cpu", "--threads", "1"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    subprocess.run(_cli("upsample", str(tmp_path / "in.npy"), "-o", str(tmp_path / "ref.npy"), *common), check=True)
+    target = tmp_path / "out.npy"
+    np.save(target, np.zeros(3, np.float32))  # an earlier file that must survive the kill
+    before = target.read_bytes()
+    args = _cli("upsample", str(tmp_path / "in.npy"), "-o", str(target), "--overwrite", "--checkpoint-every", "0")
+    proc = subprocess.Popen([*args, *common], env=env, stderr=subprocess.PIPE)
+    journal = journal_path(target)
+    kill_after = int(rng.integers(3, 60))
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_bytes().count(b"\n") > kill_after:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run finished before it could be killed; make the volume larger"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.read_bytes() == before
+    assert partial_path(target).exists()
+    done = subprocess.run([*args, "--resume", "--json", *common], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    import json
+
+    report = json.loads(done.stdout)
+    assert report["resumed_tiles"] >= kill_after
+    np.testing.assert_array_equal(np.load(target), np.load(tmp_path / "ref.npy"))
+    assert not partial_path(target).exists() and not journal.exists()
