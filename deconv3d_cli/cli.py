@@ -119,6 +119,13 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (.npy).")
 @click.option("--spec", "spec_path", type=click.Path(path_type=Path), help="Layer spec (YAML) with its weights.")
+@click.option("--preset", help="Weight-free upsampling instead of a spec: nearest or trilinear (see `presets`).")
+@click.option("--scale", help="Preset scale per axis: 2, or D,H,W such as 2,2,3.")
+@click.option(
+    "--boundary",
+    type=click.Choice(["zeros", "replicate", "reflect"], case_sensitive=False),
+    help="Input boundary: zeros is Keras's padding.  [default: replicate for presets, zeros for specs]",
+)
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option(
     "--precision",
@@ -133,6 +140,8 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
 @click.option("--tile", callback=_parse_tile, help="Output tile D,H,W in voxels (default: sized from the budget).")
 @click.option("--dataset", help="HDF5 input dataset path (automatic when the file holds one).")
 @click.option("--output-dataset", help="HDF5 output dataset path.")
+@click.option("--compression-level", type=click.IntRange(0, 9), help="HDF5 output gzip level, 0 = none.  [default: 4]")
+@click.option("--chunks", callback=_parse_tile, help="HDF5 output chunk D,H,W (default: about 1 MiB each).")
 @click.option(
     "--output-dtype", default="float32", show_default=True, help="float32, float64, float16, keep, int16, ..."
 )
@@ -154,12 +163,17 @@ def upsample(
     inputs: tuple[Path, ...],
     output: Path | None,
     spec_path: Path | None,
+    preset: str | None,
+    scale: str | None,
+    boundary: str | None,
     device: str,
     precision: str,
     memory_limit: int,
     tile: tuple[int, int, int] | None,
     dataset: str | None,
     output_dataset: str | None,
+    compression_level: int | None,
+    chunks: tuple[int, int, int] | None,
     output_dtype: str,
     overwrite: bool,
     resume: bool,
@@ -181,9 +195,7 @@ def upsample(
         raise click.UsageError("give the output file with -o OUTPUT")
     if len(inputs) != 1:
         raise click.UsageError(f"-o takes exactly one INPUT, got {len(inputs)}")
-    if spec_path is None:
-        raise click.UsageError("give the layer with --spec SPEC.yaml")
-    spec = LayerSpec.from_yaml(spec_path)
+    spec = _layer(spec_path, preset, scale)
     from . import pipeline
 
     opts = pipeline.Options(
@@ -197,7 +209,11 @@ def upsample(
         overwrite=overwrite,
         resume=resume,
         progress=progress,
+        writer_options={
+            k: v for k, v in {"compression_level": compression_level, "chunks": chunks}.items() if v is not None
+        },
         flush_every=checkpoint_every,
+        boundary=(boundary or ("zeros" if preset is None else "replicate")).lower(),
     )
     if dry_run:
         job = pipeline.prepare(spec, inputs[0], output, opts)
@@ -212,6 +228,25 @@ def upsample(
         torch.set_num_threads(threads)
     result = pipeline.run_job(spec, inputs[0], output, opts)
     _emit(result, as_json)
+
+
+def _layer(spec_path: Path | None, preset: str | None, scale: str | None) -> Any:
+    """The layer to run: a LayerSpec, or for presets a factory of the input's channel count."""
+    from .spec import LayerSpec
+
+    if spec_path is not None and preset is not None:
+        raise click.UsageError("give either --spec or --preset, not both")
+    if preset is None:
+        if scale is not None:
+            raise click.UsageError("--scale goes with --preset; a spec's scale is its strides")
+        if spec_path is None:
+            raise click.UsageError("give the layer with --spec SPEC.yaml, or --preset trilinear --scale 2")
+        return LayerSpec.from_yaml(spec_path)
+    from . import presets
+
+    factor = presets.parse_scale(scale if scale is not None else 2)
+    presets.make_spec(preset, factor)  # refuse an unknown preset before any file is opened
+    return lambda channels: presets.make_spec(preset, factor, channels)
 
 
 def _emit(report: dict[str, Any], as_json: bool, dry_run: bool = False) -> None:
@@ -237,6 +272,21 @@ def _emit(report: dict[str, Any], as_json: bool, dry_run: bool = False) -> None:
             + (f", {report['clipped_voxels']} voxels clipped" if report.get("clipped_voxels") else "")
         )
     click.echo("\n".join(lines), err=True)
+
+
+@main.command("presets", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print the presets as JSON.")
+def presets_cmd(as_json: bool) -> None:
+    """List the weight-free upsampling presets."""
+    from .presets import DEFAULT_BOUNDARY, PRESETS
+
+    if as_json:
+        click.echo(json.dumps({"presets": PRESETS, "default_boundary": DEFAULT_BOUNDARY}, indent=2))
+        return
+    width = max(map(len, PRESETS))
+    for name, text in PRESETS.items():
+        click.echo(f"{name:<{width}}  {text}")
+    click.echo(f"(use with --preset NAME --scale S; boundary defaults to {DEFAULT_BOUNDARY})")
 
 
 @main.group(context_settings=CONTEXT)

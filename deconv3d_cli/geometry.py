@@ -8,7 +8,7 @@ SEMANTICS.md (TensorFlow's rules, which is where Keras-trained weights come from
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -64,6 +64,10 @@ class Axis:
     dilation: int
     padding: str
     output_padding: int | None
+    # Voxels of boundary extension (replicate/reflect) below and above the input; 0 means Keras's
+    # implicit zeros. Output length and crop stay those of the unextended input: only the rows read move.
+    pad_lo: int = 0
+    pad_hi: int = 0
 
     @property
     def k_eff(self) -> int:
@@ -86,18 +90,29 @@ class Axis:
         """Input voxels below a stride-aligned tile that still reach into it."""
         return -(-self.k_eff // self.stride) - 1
 
+    def extended(self) -> Axis:
+        """The same axis with just enough boundary extension that every output voxel sees real data.
+
+        Output o draws on input rows ceil((o + c - K + 1) / s) .. floor((o + c) / s); the extension
+        covers the rows of that range that fall outside [0, I - 1] for o in [0, O - 1].
+        """
+        lo = max((self.k_eff - 1 - self.crop) // self.stride, 0)
+        hi = max((self.out - 1 + self.crop) // self.stride - (self.length - 1), 0)
+        return replace(self, pad_lo=lo, pad_hi=hi)
+
     def input_range(self, start: int, stop: int) -> SlabRange:
         """Input rows feeding output positions [start, stop), and where they land in the slab's output.
 
-        `lo`/`hi` are the inclusive-exclusive input rows (clipped to the volume); `offset` is the
-        position in that slab's uncropped output that corresponds to output `start`. When no input row
-        reaches the range (past `full`, the bias-only tail), the slab is empty.
+        `lo`/`hi` are the inclusive-exclusive input rows (clipped to the volume, and counted from the
+        start of the boundary extension when there is one: row r is input row r - pad_lo); `offset` is
+        the position in that slab's uncropped output that corresponds to output `start`. When no input
+        row reaches the range (past `full`, the bias-only tail), the slab is empty.
         """
         if not 0 <= start < stop <= self.out:
             raise ValueError(f"output range [{start}, {stop}) outside [0, {self.out})")
-        c, s, k = self.crop, self.stride, self.k_eff
+        c, s, k = self.crop + self.pad_lo * self.stride, self.stride, self.k_eff
         i0 = max(-((k - 1 - start - c) // s), 0)  # ceil((start + c - k + 1) / s)
-        i1 = min((stop - 1 + c) // s, self.length - 1)
+        i1 = min((stop - 1 + c) // s, self.length + self.pad_lo + self.pad_hi - 1)
         if i1 < i0:
             return SlabRange(0, 0, 0)
         return SlabRange(i0, i1 + 1, start + c - i0 * s)

@@ -16,10 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import numpy as np
 
+from . import boundary
 from . import io as vio
 from .atomic import OutputTarget, same_file
 from .errors import InputError, RunError
@@ -43,6 +44,7 @@ class Options:
     resume: bool = False
     progress: bool = True
     flush_every: float = 2.0
+    boundary: str = "zeros"
     writer_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -61,6 +63,7 @@ class Prepared:
     plan: Plan
     out_format: str
     meta: vio.VolumeMeta
+    boundary: str = "zeros"
 
     def header(self) -> dict[str, Any]:
         """What must match for `--resume` to continue a partial output."""
@@ -74,6 +77,7 @@ class Prepared:
             "out_dtype": self.out_dtype.str,
             "tile_shape": list(self.plan.tile_shape),
             "batch_step": self.plan.batch_step,
+            "boundary": self.boundary,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -86,6 +90,7 @@ class Prepared:
             "output_shape": list(self.out_shape),
             "output_dtype": str(self.out_dtype),
             "layer": self.spec.describe(),
+            "boundary": self.boundary,
             "tile_shape": list(plan.tile_shape),
             "batch_per_tile": plan.batch_step,
             "tile_grid": list(plan.grid),
@@ -111,7 +116,11 @@ def resolve_output_dtype(name: str, input_dtype: np.dtype) -> np.dtype:
     return dt
 
 
-def prepare(spec: LayerSpec, input_path: Path, output_path: Path, opts: Options) -> Prepared:
+SpecSource = Union[LayerSpec, Callable[[int], LayerSpec]]
+
+
+def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options) -> Prepared:
+    """Open the input and plan the job. `spec` may be a factory of the input's channel count (presets)."""
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and same_file(input_path, output_path) or input_path.resolve() == output_path.resolve():
         raise InputError("output is the input file; choose another output path", source=str(output_path))
@@ -124,8 +133,11 @@ def prepare(spec: LayerSpec, input_path: Path, output_path: Path, opts: Options)
                 source=str(input_path),
             )
         # Formats with a fixed axis order (NIfTI: x, y, z, channels) say so; others follow the spec.
-        layout = Layout(len(reader.shape), getattr(reader, "data_format", None) or spec.data_format)
+        spec_format = spec.data_format if isinstance(spec, LayerSpec) else "channels_last"
+        layout = Layout(len(reader.shape), getattr(reader, "data_format", None) or spec_format)
         channels = layout.channels(reader.shape)
+        if not isinstance(spec, LayerSpec):
+            spec = spec(channels)
         expected = spec.kernel.shape[4] if spec.kernel is not None else spec.in_channels
         if expected is not None and channels != expected:
             raise InputError(
@@ -133,7 +145,10 @@ def prepare(spec: LayerSpec, input_path: Path, output_path: Path, opts: Options)
                 f"{expected}; check data_format in the spec",
                 source=str(input_path),
             )
-        axes = spec.axes(layout.spatial_shape(reader.shape))
+        try:
+            axes = boundary.extend_axes(spec.axes(layout.spatial_shape(reader.shape)), opts.boundary)
+        except ValueError as exc:
+            raise InputError(str(exc), field="--boundary") from None
         out_shape = layout.output_shape(reader.shape, [ax.out for ax in axes], spec.filters)
         out_layout = layout.output_layout(spec.filters)
         out_dtype = resolve_output_dtype(opts.output_dtype, reader.dtype)
@@ -158,7 +173,18 @@ def prepare(spec: LayerSpec, input_path: Path, output_path: Path, opts: Options)
         reader.close()
         raise
     return Prepared(
-        spec, input_path, output_path, reader, layout, out_layout, out_shape, out_dtype, plan, out_format, meta
+        spec,
+        input_path,
+        output_path,
+        reader,
+        layout,
+        out_layout,
+        out_shape,
+        out_dtype,
+        plan,
+        out_format,
+        meta,
+        boundary=opts.boundary,
     )
 
 
@@ -234,7 +260,7 @@ def execute(
         def read_stage() -> None:
             try:
                 for tile in todo:
-                    raw = job.reader.read(in_layout.region(tile.src, tile.batch))
+                    raw = boundary.read_slab(job.reader.read, in_layout, tile.src, tile.batch, plan.axes, opts.boundary)
                     _put(q_in, (tile, in_layout.to_ncdhw(raw)), stop)
                 _put(q_in, None, stop)
             except _Stop:
@@ -347,7 +373,7 @@ def _progress_bar(job: Prepared, opts: Options, initial: int = 0) -> Any:
 
 
 def run_job(
-    spec: LayerSpec, input_path: Path, output_path: Path, opts: Options, engines: dict | None = None
+    spec: SpecSource, input_path: Path, output_path: Path, opts: Options, engines: dict | None = None
 ) -> dict[str, Any]:
     """prepare + execute with an engine cached per input channel count (set up once per run)."""
     from .engine import Engine
@@ -357,7 +383,7 @@ def run_job(
     channels = job.in_layout.channels(job.reader.shape)
     try:
         if channels not in engines:
-            engines[channels] = Engine(spec, channels, opts.device, opts.precision)
+            engines[channels] = Engine(job.spec, channels, opts.device, opts.precision)
     except BaseException:
         job.reader.close()
         raise

@@ -100,7 +100,9 @@ class Plan:
         shape = tuple(tile_shape or self.tile_shape)
         b = batch_step or self.batch_step
         c = self.costs
-        n_in = [min(-(-t // ax.stride) + ax.halo + 1, ax.length) for t, ax in zip(shape, self.axes)]
+        n_in = [
+            min(-(-t // ax.stride) + ax.halo + 1, ax.length + ax.pad_lo + ax.pad_hi) for t, ax in zip(shape, self.axes)
+        ]
         n_full = [(n - 1) * ax.stride + ax.k_eff for n, ax in zip(n_in, self.axes)]
         vin, vfull, vout = math.prod(n_in), math.prod(n_full), math.prod(shape)
         slab = b * self.channels * vin
