@@ -189,7 +189,6 @@ def upsample(
     Example:
       deconv3d upsample scan.npy -o scan_x2.npy --spec sample_data/sample_spec.yaml
     """
-    from .spec import LayerSpec
 
     if output is None:
         raise click.UsageError("give the output file with -o OUTPUT")
