@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 
@@ -116,7 +116,7 @@ def resolve_output_dtype(name: str, input_dtype: np.dtype) -> np.dtype:
     return dt
 
 
-SpecSource = Union[LayerSpec, Callable[[int], LayerSpec]]
+SpecSource = LayerSpec | Callable[[int], LayerSpec]
 
 
 def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options) -> Prepared:

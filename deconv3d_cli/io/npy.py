@@ -11,7 +11,6 @@ from ..errors import InputError
 from .base import VolumeMeta
 
 
-
 class NpyReader:
     format = "npy"
     chunks = None
@@ -87,5 +86,7 @@ def create_writer(
 ) -> NpyWriter:
     dataset = options.pop("dataset", None)
     if dataset:
-        raise InputError("--output-dataset applies to HDF5 outputs, not .npy", source=str(path), field="--output-dataset")
+        raise InputError(
+            "--output-dataset applies to HDF5 outputs, not .npy", source=str(path), field="--output-dataset"
+        )
     return NpyWriter(path, shape, dtype, meta, resume=resume)
