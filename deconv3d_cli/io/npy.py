@@ -1,4 +1,10 @@
-"""`.npy`: memory-mapped in both directions, so neither side ever holds the whole array."""
+"""`.npy`: read and written through short-lived memory maps, one per tile.
+
+A map held for the whole run would keep every page it ever touched resident (and counted in the
+process's memory), so a 4 GiB output would cost 4 GiB of RSS however small the tiles. Mapping the file
+afresh for each box and dropping the map right after keeps the resident set at one tile; the page
+cache still absorbs the I/O, and `flush` makes written pages durable with one fsync.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,33 @@ from ..errors import InputError
 from .base import VolumeMeta
 
 
+def _header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and data offset of an .npy file, refusing object arrays."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+        else:
+            shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001 - v3.0
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError("holds pickled objects; only plain numeric arrays are read")
+    return tuple(shape), bool(fortran), dtype, offset
+
+
+class _Mapped:
+    def __init__(self, path: Path, shape: tuple[int, ...], fortran: bool, dtype: np.dtype, offset: int) -> None:
+        self.path, self.shape, self.fortran, self.dtype, self.offset = path, shape, fortran, dtype, offset
+
+    def map(self, mode: str) -> np.memmap | np.ndarray:
+        if 0 in self.shape:
+            return np.zeros(self.shape, self.dtype)
+        order = "F" if self.fortran else "C"
+        return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=self.offset, shape=self.shape, order=order)
+
+
 class NpyReader:
     format = "npy"
     chunks = None
@@ -18,23 +51,32 @@ class NpyReader:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            self._array = np.load(self.path, mmap_mode="r", allow_pickle=False)
+            shape, fortran, dtype, offset = _header(self.path)
         except ValueError as exc:
-            msg = "holds pickled objects; only plain numeric arrays are read" if "pickle" in str(exc) else str(exc)
-            raise InputError(f"not a readable .npy: {msg}", source=str(path)) from None
+            raise InputError(f"not a readable .npy: {exc}", source=str(path)) from None
         except (OSError, EOFError) as exc:
             raise InputError(f"not a readable .npy: {exc}", source=str(path)) from None
-        if self._array.dtype.kind not in "fiub":
-            raise InputError(f"dtype {self._array.dtype} is not numeric", source=str(path))
-        self.shape = tuple(self._array.shape)
-        self.dtype = self._array.dtype
+        if dtype.kind not in "fiub":
+            raise InputError(f"dtype {dtype} is not numeric", source=str(path))
+        need = offset + int(np.prod(shape)) * dtype.itemsize
+        if self.path.stat().st_size < need:
+            raise InputError(
+                f"file is truncated: {self.path.stat().st_size} bytes, the header promises {need}", source=str(path)
+            )
+        self._file = _Mapped(self.path, shape, fortran, dtype, offset)
+        self.shape = shape
+        self.dtype = dtype
         self.meta = VolumeMeta()
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
-        return np.array(self._array[index])  # a real copy: the I/O happens in the read-ahead thread
+        mm = self._file.map("r")
+        try:
+            return np.array(mm[index])  # a real copy: the I/O happens in the read-ahead thread
+        finally:
+            del mm
 
     def close(self) -> None:
-        self._array = None  # type: ignore[assignment]
+        pass
 
 
 class NpyWriter:
@@ -47,35 +89,47 @@ class NpyWriter:
         self.shape = tuple(shape)
         self.dtype = np.dtype(dtype)
         if resume:
-            mm = np.load(self.path, mmap_mode="r+", allow_pickle=False)
-            if mm.shape != self.shape or mm.dtype != self.dtype:
+            old_shape, fortran, old_dtype, offset = _header(self.path)
+            if old_shape != self.shape or old_dtype != self.dtype or fortran:
                 raise InputError(
-                    f"partial output has shape {mm.shape} {mm.dtype}, expected {self.shape} {self.dtype}",
+                    f"partial output has shape {old_shape} {old_dtype}, expected {self.shape} {self.dtype}",
                     source=str(path),
                 )
-            self._mm = mm
         else:
-            self._mm = np.lib.format.open_memmap(self.path, mode="w+", dtype=self.dtype, shape=self.shape)
+            header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
+            with open(self.path, "wb") as f:
+                write = np.lib.format.write_array_header_2_0 if _needs_v2(header) else np.lib.format.write_array_header_1_0
+                write(f, header)
+                    header
+                ) else np.lib.format.write_array_header_1_0(f, header)
+                offset = f.tell()
+                f.truncate(offset + int(np.prod(self.shape)) * self.dtype.itemsize)
+        self._file = _Mapped(self.path, self.shape, False, self.dtype, offset)
+        self._fd: int | None = os.open(self.path, os.O_RDWR)
 
     def write(self, index: tuple[slice, ...], data: np.ndarray) -> None:
-        self._mm[index] = data
+        mm = self._file.map("r+")
+        try:
+            mm[index] = data
+        finally:
+            del mm
 
     def flush(self) -> None:
-        self._mm.flush()
+        if self._fd is not None:
+            os.fsync(self._fd)
 
     def close(self) -> None:
-        if self._mm is not None:
-            self._mm.flush()
-            del self._mm
-            self._mm = None
-            fd = os.open(self.path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        if self._fd is not None:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
 
 
-def open_reader(path: Path, dataset: str | None = None) -> NpyReader:
+def _needs_v2(header: dict) -> bool:
+    return len(repr(header)) > 65000
+
+
+def open_reader(path: Path, dataset: str | None = None, **hints: object) -> NpyReader:
     if dataset:
         raise InputError("--dataset applies to HDF5 inputs, not .npy", source=str(path), field="--dataset")
     return NpyReader(path)
