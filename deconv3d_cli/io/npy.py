@@ -98,10 +98,8 @@ class NpyWriter:
         else:
             header = {"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False, "shape": self.shape}
             with open(self.path, "wb") as f:
-                write = np.lib.format.write_array_header_2_0 if _needs_v2(header) else np.lib.format.write_array_header_1_0
-                write(f, header)
-                    header
-                ) else np.lib.format.write_array_header_1_0(f, header)
+                fmt = np.lib.format
+                (fmt.write_array_header_2_0 if _needs_v2(header) else fmt.write_array_header_1_0)(f, header)
                 offset = f.tell()
                 f.truncate(offset + int(np.prod(self.shape)) * self.dtype.itemsize)
         self._file = _Mapped(self.path, self.shape, False, self.dtype, offset)
