@@ -160,30 +160,23 @@ def make_plan(
     shape = list(out)
     batch_step = batch
     plan = Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]
-    comfortable = [min(out[a], 8 * units[a]) for a in range(3)]
     while plan.tile_bytes(shape, batch_step) > memory_limit:
         if batch_step > 1:
             batch_step = max(1, batch_step // 2)
             continue
-        shrinkable = [a for a in range(3) if not (full_width and a == 2)]
-        # Shrink depth first (slabs then stay contiguous in C order), down to a comfortable height,
-        # then height, then width; only then go below comfortable sizes.
-        pick = next((a for a in shrinkable if shape[a] > comfortable[a]), None)
-        if pick is None:
-            candidates = [a for a in shrinkable if shape[a] > units[a]]
-            if not candidates:
-                need = plan.tile_bytes(shape, batch_step)
-                raise InputError(
-                    f"the smallest tile {shape} needs about {format_bytes(need)}, over the memory limit of "
-                    f"{format_bytes(memory_limit)}; raise --memory-limit to at least {format_bytes(need)}",
-                    field="--memory-limit",
-                )
-            pick = max(candidates, key=lambda a: shape[a] / units[a])
-            floor = units[pick]
-        else:
-            floor = comfortable[pick]
+        # Halve the longest axis (rounded to its alignment), depth first on ties: near-cubic tiles
+        # recompute the least halo for their size.
+        candidates = [a for a in range(3) if shape[a] > units[a] and not (full_width and a == 2)]
+        if not candidates:
+            need = plan.tile_bytes(shape, batch_step)
+            raise InputError(
+                f"the smallest tile {shape} needs about {format_bytes(need)}, over the memory limit of "
+                f"{format_bytes(memory_limit)}; raise --memory-limit to at least {format_bytes(need)}",
+                field="--memory-limit",
+            )
+        pick = max(candidates, key=lambda a: (shape[a], -a))
         half = -(-shape[pick] // 2)
-        shape[pick] = max(floor, -(-half // units[pick]) * units[pick])
+        shape[pick] = max(units[pick], -(-half // units[pick]) * units[pick])
     return Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]
 
 
@@ -213,8 +206,9 @@ def parse_bytes(text: str) -> int:
     if unit not in _UNITS or not num:
         raise ValueError(f"{text!r} is not a size; use e.g. 512MiB, 2GiB or 1000000000")
     value = float(num) * _UNITS[unit]
-    if value <= 0:
-        raise ValueError(f"{text!r} must be positive")
+    # Also refuses what rounds down to 0 bytes ('0.1') and what overflows to infinity ('1e999').
+    if not math.isfinite(value) or value < 1:
+        raise ValueError(f"{text!r} must be a finite size of at least 1 byte")
     return int(value)
 
 
