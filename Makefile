@@ -21,18 +21,19 @@ $(STAMP): pyproject.toml Makefile
 
 demo: install
 	mkdir -p build/demo
-	$(BIN)/deconv3d upsample sample_data/phantom.npy -o build/demo/phantom_up.npy \
-	    --spec sample_data/sample_spec.yaml --overwrite
+	$(BIN)/deconv3d inspect sample_data/phantom.nii.gz
+	$(BIN)/deconv3d upsample sample_data/phantom.nii.gz -o build/demo/phantom_x2.nii.gz \
+	    --spec sample_data/sample_spec.yaml --overwrite --preview build/demo/preview.png
 	$(BIN)/deconv3d upsample sample_data/phantom.npy -o build/demo/phantom_up_tiled.npy \
 	    --spec sample_data/sample_spec.yaml --overwrite --memory-limit 8MiB --json > build/demo/report.json
-	@echo "demo outputs in build/demo/ (report: build/demo/report.json)"
+	@echo "demo outputs in build/demo/: phantom_x2.nii.gz, preview.png (input and output mid-slices), report.json"
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
 	$(BIN)/ruff check deconv3d_cli tests benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/stream_bench.py
 
 lint: install
 	$(BIN)/ruff check deconv3d_cli tests benchmarks
