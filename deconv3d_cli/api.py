@@ -167,7 +167,10 @@ class Conv3DTranspose:
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Conv3DTranspose:
-        return cls.from_spec(LayerSpec.from_mapping(config))
+        layer = cls.from_spec(LayerSpec.from_mapping(config))
+        layer.trainable = bool(config.get("trainable", True))
+        layer.dtype = config.get("dtype") or "float32"
+        return layer
 
     # -------------------------------------------------------------- Keras surface
     @property
@@ -224,9 +227,15 @@ class Conv3DTranspose:
     def compute_output_shape(self, input_shape: Sequence[int | None]) -> tuple[int | None, ...]:
         batch = input_shape[0] if len(input_shape) == 5 else None
         shape = [1 if n is None else n for n in input_shape]
+        layout = self.spec.layout(len(shape))
         out = list(self.spec.output_shape(shape))
         if len(input_shape) == 5:
             out[0] = batch
+        # An unknown spatial length stays unknown, as Keras's deconv_output_length returns None for None.
+        out_layout = layout.output_layout(self.spec.filters)
+        for a_in, a_out in zip(layout.spatial_axes, out_layout.spatial_axes):
+            if input_shape[a_in] is None:
+                out[a_out] = None
         return tuple(out)
 
     def convolution_op(self, inputs: Any, kernel: Any) -> Any:

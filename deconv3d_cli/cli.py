@@ -140,7 +140,11 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
 @click.option("--tile", callback=_parse_tile, help="Output tile D,H,W in voxels (default: sized from the budget).")
 @click.option("--dataset", help="HDF5 input dataset path (automatic when the file holds one).")
 @click.option("--output-dataset", help="HDF5 output dataset path.")
-@click.option("--compression-level", type=click.IntRange(0, 9), help="HDF5 output gzip level, 0 = none.  [default: 4]")
+@click.option(
+    "--compression-level",
+    type=click.IntRange(0, 9),
+    help="gzip level of .h5 and .nii.gz output, 0 = none.  [default: 1]",
+)
 @click.option("--chunks", callback=_parse_tile, help="HDF5 output chunk D,H,W (default: about 1 MiB each).")
 @click.option(
     "--output-dtype", default="float32", show_default=True, help="float32, float64, float16, keep, int16, ..."
@@ -151,6 +155,15 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
+@click.option(
+    "--fourth-axis",
+    type=click.Choice(["auto", "channels", "series"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="A 4-D NIfTI's 4th axis: channels, or a series of volumes (auto: channels when its length is the "
+    "layer's input channels).",
+)
+@click.option("--preview", "preview_png", type=click.Path(path_type=Path), help="Also draw input/output mid-slices.")
 @click.option(
     "--checkpoint-every",
     type=click.FloatRange(min=0),
@@ -182,6 +195,8 @@ def upsample(
     progress: bool,
     threads: int | None,
     checkpoint_every: float,
+    fourth_axis: str = "auto",
+    preview_png: Path | None = None,
 ) -> None:
     """Apply a Conv3DTranspose layer to INPUT and write the upsampled volume.
 
@@ -208,12 +223,14 @@ def upsample(
         overwrite=overwrite,
         resume=resume,
         progress=progress,
+        fourth_axis=fourth_axis.lower(),
         writer_options={
             k: v for k, v in {"compression_level": compression_level, "chunks": chunks}.items() if v is not None
         },
         flush_every=checkpoint_every,
         boundary=(boundary or ("zeros" if preset is None else "replicate")).lower(),
     )
+    _fourth_axis_note(spec, inputs[0], dataset, opts.fourth_axis)
     if dry_run:
         job = pipeline.prepare(spec, inputs[0], output, opts)
         job.reader.close()
@@ -227,6 +244,8 @@ def upsample(
         torch.set_num_threads(threads)
     result = pipeline.run_job(spec, inputs[0], output, opts)
     _emit(result, as_json)
+    if preview_png is not None:
+        _upsample_preview(spec, inputs[0], output, preview_png, dataset, output_dataset, opts.fourth_axis)
 
 
 def _layer(spec_path: Path | None, preset: str | None, scale: str | None) -> Any:
@@ -246,6 +265,45 @@ def _layer(spec_path: Path | None, preset: str | None, scale: str | None) -> Any
     factor = presets.parse_scale(scale if scale is not None else 2)
     presets.make_spec(preset, factor)  # refuse an unknown preset before any file is opened
     return lambda channels: presets.make_spec(preset, factor, channels)
+
+
+def _spec_channels(spec: Any) -> tuple[int | None, int | None, str]:
+    """(input channels, filters, data_format) of a LayerSpec; unknown for a preset factory."""
+    from .spec import LayerSpec
+
+    if not isinstance(spec, LayerSpec):
+        return None, None, "channels_last"
+    in_channels = spec.kernel.shape[4] if spec.kernel is not None else spec.in_channels
+    return in_channels, spec.filters, spec.data_format
+
+
+def _fourth_axis_note(spec: Any, path: Path, dataset: str | None, fourth_axis: str) -> None:
+    """Say on stderr how a 4-D NIfTI's 4th axis is read (opening one reads only its header)."""
+    from . import io as vio
+
+    try:
+        if vio.format_of(path) != "nifti" or not path.exists():
+            return
+    except Deconv3dError:
+        return
+    reader = vio.open_reader(path, dataset, fourth_axis=fourth_axis, in_channels=_spec_channels(spec)[0])
+    reader.close()
+    if getattr(reader, "fourth_axis_choice", None):
+        click.echo(f"deconv3d: {reader.fourth_axis_choice}", err=True)
+
+
+def _upsample_preview(
+    spec: Any, src: Path, dst: Path, png: Path, dataset: str | None, output_dataset: str | None, fourth_axis: str
+) -> None:
+    from .errors import RunError
+    from .preview import preview_upsample
+
+    in_channels, filters, data_format = _spec_channels(spec)
+    try:
+        preview_upsample(src, dst, png, dataset, output_dataset, fourth_axis, in_channels, filters, data_format)
+    except Deconv3dError as exc:
+        raise RunError(f"the output was written, but the preview failed: {exc.line()}") from None
+    click.echo(f"deconv3d: preview written to {png}", err=True)
 
 
 def _emit(report: dict[str, Any], as_json: bool, dry_run: bool = False) -> None:
@@ -309,6 +367,37 @@ def spec_validate(spec_path: Path, as_json: bool) -> None:
         click.echo(json.dumps(config, indent=2))
     else:
         click.echo(f"{spec_path}: ok: {layer.describe()}")
+
+
+@main.command("inspect", context_settings=CONTEXT)
+@click.argument("file", type=click.Path(path_type=Path))
+@click.option("--dataset", help="HDF5 dataset path (automatic when the file holds one).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
+@click.option("--preview", "preview_png", type=click.Path(path_type=Path), help="Draw the mid-slices to a PNG.")
+@click.option(
+    "--fourth-axis",
+    type=click.Choice(["auto", "channels", "series"], case_sensitive=False),
+    default="auto",
+    show_default=True,
+    help="How to read a 4-D NIfTI's 4th axis.",
+)
+@_debug_option
+def inspect_cmd(file: Path, dataset: str | None, as_json: bool, preview_png: Path | None, fourth_axis: str) -> None:
+    """Describe FILE: format, shape, layout, dtype, spacing, orientation, affine, chunks, sizes.
+
+    \b
+    Example:
+      deconv3d inspect sample_data/phantom.nii.gz --preview phantom.png
+    """
+    from .inspect import describe, format_text
+
+    info = describe(file, dataset, fourth_axis=fourth_axis.lower())
+    click.echo(json.dumps(info, indent=2) if as_json else format_text(info))
+    if preview_png is not None:
+        from .preview import preview_file
+
+        preview_file(file, preview_png, dataset, fourth_axis=fourth_axis.lower(), data_format=info["data_format"])
+        click.echo(f"deconv3d: preview written to {preview_png}", err=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

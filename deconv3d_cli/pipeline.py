@@ -45,6 +45,7 @@ class Options:
     progress: bool = True
     flush_every: float = 2.0
     boundary: str = "zeros"
+    fourth_axis: str = "auto"  # NIfTI's 4th axis: auto, channels or series (see io/nifti.py)
     writer_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -64,6 +65,7 @@ class Prepared:
     out_format: str
     meta: vio.VolumeMeta
     boundary: str = "zeros"
+    dataset: list[str | None] | None = None
 
     def header(self) -> dict[str, Any]:
         """What must match for `--resume` to continue a partial output."""
@@ -78,6 +80,7 @@ class Prepared:
             "tile_shape": list(self.plan.tile_shape),
             "batch_step": self.plan.batch_step,
             "boundary": self.boundary,
+            "dataset": self.dataset,
         }
 
     def describe(self) -> dict[str, Any]:
@@ -125,7 +128,11 @@ def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options
     if output_path.exists() and same_file(input_path, output_path) or input_path.resolve() == output_path.resolve():
         raise InputError("output is the input file; choose another output path", source=str(output_path))
     out_format = vio.format_of(output_path)
-    reader = vio.open_reader(input_path, opts.dataset)
+    vio.check_writer_options(out_format, opts.writer_options, output_path)
+    in_channels = None  # a preset (a factory of the channel count) takes any number of channels
+    if isinstance(spec, LayerSpec):
+        in_channels = spec.kernel.shape[4] if spec.kernel is not None else spec.in_channels
+    reader = vio.open_reader(input_path, opts.dataset, fourth_axis=opts.fourth_axis, in_channels=in_channels)
     try:
         if len(reader.shape) not in (3, 4, 5):
             raise InputError(
@@ -185,6 +192,7 @@ def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options
         out_format,
         meta,
         boundary=opts.boundary,
+        dataset=[opts.dataset, opts.output_dataset],
     )
 
 
@@ -252,6 +260,7 @@ def execute(
             job.meta,
             resume=resumed,
             dataset=opts.output_dataset,
+            layout=out_layout,
             **opts.writer_options,
         )
         q_in: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)

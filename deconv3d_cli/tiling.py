@@ -151,12 +151,20 @@ def make_plan(
                 field="--tile",
             )
         return plan
-    units = []
-    for a, ax in enumerate(axes):
-        unit = ax.stride
-        if chunks is not None:
-            unit = math.lcm(unit, int(chunks[a]))
-        units.append(min(unit, out[a]))
+    if chunks is not None:
+        # Chunk-aligned tiles never share a chunk between writes; when the budget cannot hold one,
+        # stride alignment alone is still exact (the single writer thread serialises chunk updates).
+        try:
+            return _auto_plan(
+                base, batch, out, [math.lcm(ax.stride, int(c)) for ax, c in zip(axes, chunks)], memory_limit, full_width
+            )
+        except InputError:
+            pass
+    return _auto_plan(base, batch, out, [ax.stride for ax in axes], memory_limit, full_width)
+
+
+def _auto_plan(base: dict, batch: int, out: list[int], units: list[int], memory_limit: int, full_width: bool) -> Plan:
+    units = [min(u, n) for u, n in zip(units, out)]
     shape = list(out)
     batch_step = batch
     plan = Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]

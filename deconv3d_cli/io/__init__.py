@@ -36,11 +36,18 @@ def format_of(path: Path | str) -> str:
     raise InputError(f"unknown file type; supported: {supported}", source=str(path))
 
 
-def open_reader(path: Path | str, dataset: str | None = None) -> Reader:
+def open_reader(path: Path | str, dataset: str | None = None, **hints: Any) -> Reader:
+    """The reader for `path`. Hints help formats whose axes are ambiguous (NIfTI's 4th axis):
+    `fourth_axis` ('auto', 'channels' or 'series') and `in_channels` (the layer's, when known)."""
     path = Path(path)
     fmt = format_of(path)
     if not path.exists():
         raise InputError("no such file", source=str(path))
+    if fmt == "nifti":
+        return _module(fmt).open_reader(path, dataset, **hints)
+    fourth_axis = hints.get("fourth_axis")
+    if fourth_axis not in (None, "auto"):
+        raise InputError("--fourth-axis applies to NIfTI inputs", source=str(path), field="--fourth-axis")
     return _module(fmt).open_reader(path, dataset)
 
 
@@ -54,6 +61,23 @@ def create_writer(
     **options: Any,
 ) -> Writer:
     return _module(fmt).create_writer(path, shape, np.dtype(dtype), meta, resume=resume, **options)
+
+
+# Writer options each format understands (CLI flags --compression-level and --chunks).
+WRITER_OPTIONS = {"npy": (), "hdf5": ("compression_level", "chunks"), "nifti": ("compression_level",)}
+_FLAGS = {"compression_level": "--compression-level", "chunks": "--chunks"}
+
+
+def check_writer_options(fmt: str, options: dict[str, Any], path: Path) -> None:
+    """Refuse an option the output format would silently ignore."""
+    for key in options:
+        if key not in WRITER_OPTIONS[fmt]:
+            takers = [f for f, keys in WRITER_OPTIONS.items() if key in keys]
+            raise InputError(
+                f"{_FLAGS.get(key, key)} applies to {' and '.join(takers)} outputs, not {fmt}",
+                source=str(path),
+                field=_FLAGS.get(key, key),
+            )
 
 
 def output_chunks(

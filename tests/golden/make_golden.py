@@ -123,7 +123,8 @@ def n_out(c):
 
 def case(spatial, k, s, pad="valid", op=None, df="channels_last", act="linear", bias=True,
          batch=1, cin=2, filters=2, d=(1, 1, 1), gain=1.5, tag=""):
-    t3 = lambda v: tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+    def t3(v):
+        return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
     return dict(
         spatial=t3(spatial), kernel_size=t3(k), strides=t3(s), padding=pad,
         output_padding=None if op is None else t3(op), data_format=df, activation=act,
@@ -133,7 +134,8 @@ def case(spatial, k, s, pad="valid", op=None, df="channels_last", act="linear", 
 
 
 def case_id(n, c):
-    j = lambda t: "".join(str(v) for v in t)
+    def j(t):
+        return "".join(str(v) for v in t)
     parts = [
         f"{n:03d}", c["tag"] or "g",
         f"i{j(c['spatial'])}", f"k{j(c['kernel_size'])}", f"s{j(c['strides'])}",
