@@ -195,6 +195,26 @@ def test_multichannel_layouts_are_the_same_data_rearranged(ref):
     )
 
 
+def test_big_endian_half_and_bool_inputs_are_converted():
+    x, kernel, bias = rng_arrays(11, (1, 3, 4, 2, 2), (2, 2, 2, 3, 2), (3,))
+    want = conv3d_transpose(x, kernel, bias, strides=2)
+    np.testing.assert_array_equal(conv3d_transpose(x.astype(">f4"), kernel, bias, strides=2), want)
+    half = x.astype(np.float16)
+    np.testing.assert_allclose(
+        conv3d_transpose(half, kernel, bias, strides=2),
+        conv3d_transpose(half.astype(np.float32), kernel, bias, strides=2),
+        rtol=0,
+        atol=0,
+    )
+    mask = x > 0
+    np.testing.assert_array_equal(
+        conv3d_transpose(mask, kernel, bias, strides=2),
+        conv3d_transpose(mask.astype(np.float32), kernel, bias, strides=2),
+    )
+    with pytest.raises(SpecError):
+        conv3d_transpose(np.array([["a"]] * 2, dtype=object).reshape(1, 1, 2), kernel[:, :, :, :, :1])
+
+
 def test_wrong_rank_is_refused():
     with pytest.raises(SpecError):
         conv3d_transpose(np.zeros((4, 4)), np.zeros((1, 1, 1, 1, 1)))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -22,6 +23,7 @@ from deconv3d_cli.cli import main
 from deconv3d_cli.errors import InputError
 from deconv3d_cli.io import nifti
 from deconv3d_cli.io.base import VolumeMeta
+from deconv3d_cli.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
@@ -290,6 +292,9 @@ def test_writer_layouts_channels_series_and_vectors(tmp_path):
     # channels_first boxes (an .npy input with data_format channels_first) land in the same NIfTI order
     _write_all(tmp_path / "cf.nii", np.ascontiguousarray(np.moveaxis(chans, 3, 0)), meta, data_format="channels_first")
     np.testing.assert_array_equal(nib.load(tmp_path / "cf.nii").get_fdata(dtype=np.float32), chans)
+    layout = Layout(4, "channels_first")  # as the pipeline passes it
+    _write_all(tmp_path / "cf2.nii", np.ascontiguousarray(np.moveaxis(chans, 3, 0)), meta, layout=layout)
+    np.testing.assert_array_equal(nib.load(tmp_path / "cf2.nii").get_fdata(dtype=np.float32), chans)
     # an input with vectors on the 5th axis keeps them there
     vec = write_nifti(tmp_path / "vec.nii", np.zeros((6, 5, 4, 1, 3), np.float32))
     _write_all(tmp_path / "v.nii", chans[..., :2], nifti.open_reader(vec).meta)
@@ -509,3 +514,27 @@ def test_no_temporary_files_are_left(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     assert os.listdir(tmp) == []
     assert sorted(p.name for p in tmp_path.iterdir()) == ["o.nii.gz", "tmp"]
+
+
+def test_standard_library_gzip_when_isal_is_missing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "isal", None)  # `from isal import igzip` now raises ImportError
+    data = np.random.default_rng(9).normal(size=(7, 6, 5)).astype(np.float32)
+    _write_all(tmp_path / "o.nii.gz", data, VolumeMeta(), compression_level=6)
+    np.testing.assert_array_equal(nib.load(tmp_path / "o.nii.gz").get_fdata(dtype=np.float32), data)
+    reader = nifti.open_reader(tmp_path / "o.nii.gz")
+    np.testing.assert_array_equal(read_all(reader), data)
+    reader.close()
+
+
+def test_cli_channels_first_npy_to_nifti(tmp_path):
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=(2, 6, 5, 4)).astype(np.float32)  # (C, D, H, W)
+    np.save(tmp_path / "x.npy", x)
+    kernel = rng.normal(size=(2, 2, 2, 3, 2)).astype(np.float32)
+    spec = write_spec(tmp_path, kernel, None, strides=2, padding="valid", data_format="channels_first")
+    r = run("upsample", tmp_path / "x.npy", "-o", tmp_path / "y.nii", "--spec", spec)
+    assert r.exit_code == 0, r.output
+    ref = conv3d_transpose(x, kernel, strides=2, padding="valid", data_format="channels_first")
+    img = nib.load(tmp_path / "y.nii")
+    assert img.shape == (12, 10, 8, 3)
+    np.testing.assert_allclose(img.get_fdata(dtype=np.float32), np.moveaxis(ref, 0, -1), rtol=1e-6, atol=1e-6)
