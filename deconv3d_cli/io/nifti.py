@@ -619,7 +619,8 @@ def create_writer(
     dataset: str | None = None,
     **options: Any,
 ) -> NiftiWriter:
-    """options: `compression_level` (gzip level for .nii.gz, default 1 as nibabel), `data_format` of the boxes."""
+    """options: `compression_level` (gzip level for .nii.gz, default 1 as nibabel); `layout` (a Layout) or
+    `data_format` of the boxes (default channels_last, the layout NiftiReader presents)."""
     if dataset:
         raise InputError(
             "--output-dataset applies to HDF5 outputs, not NIfTI", source=str(path), field="--output-dataset"
@@ -630,6 +631,8 @@ def create_writer(
         dtype,
         meta,
         resume=resume,
-        data_format=str(options.get("data_format") or "channels_last"),
+        data_format=str(
+            getattr(options.get("layout"), "data_format", None) or options.get("data_format") or "channels_last"
+        ),
         compression_level=int(options.get("compression_level", 1)),
     )
