@@ -116,8 +116,24 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (.npy).")
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (.npy, .h5, .nii, .nii.gz).")
+@click.option(
+    "-O", "--output-dir", type=click.Path(path_type=Path), help="Output folder for many inputs (created if missing)."
+)
+@click.option("--from-list", type=click.File("r"), help="Read input paths from FILE, one a line ('-' for stdin).")
+@click.option(
+    "--name-template",
+    default="{stem}_x{scale}{ext}",
+    show_default=True,
+    help="Output names with -O; placeholders {stem} {name} {ext} {scale} {parent} {index}.",
+)
+@click.option("--output-format", help="Output format with -O: npy, h5, nii or nii.gz (default: the input's).")
+@click.option("--skip-existing", is_flag=True, help="With -O: leave finished outputs alone.")
+@click.option("--fail-fast", is_flag=True, help="With -O: stop at the first failed file.")
+@click.option("--shard", help="With -O: process only part I of N of the inputs (I/N, 0 <= I < N).")
+@click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
+@click.option("-v", "--verbose", is_flag=True, help="Print the plan of each file.")
 @click.option("--spec", "spec_path", type=click.Path(path_type=Path), help="Layer spec (YAML) with its weights.")
 @click.option("--preset", help="Weight-free upsampling instead of a spec: nearest or trilinear (see `presets`).")
 @click.option("--scale", help="Preset scale per axis: 2, or D,H,W such as 2,2,3.")
@@ -175,6 +191,15 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
 def upsample(
     inputs: tuple[Path, ...],
     output: Path | None,
+    output_dir: Path | None,
+    from_list: Any,
+    name_template: str,
+    output_format: str | None,
+    skip_existing: bool,
+    fail_fast: bool,
+    shard: str | None,
+    quiet: bool,
+    verbose: bool,
     spec_path: Path | None,
     preset: str | None,
     scale: str | None,
@@ -198,17 +223,33 @@ def upsample(
     fourth_axis: str = "auto",
     preview_png: Path | None = None,
 ) -> None:
-    """Apply a Conv3DTranspose layer to INPUT and write the upsampled volume.
+    """Apply a Conv3DTranspose layer (or a preset) to INPUT... and write the upsampled volumes.
 
     \b
-    Example:
+    Examples:
       deconv3d upsample scan.npy -o scan_x2.npy --spec sample_data/sample_spec.yaml
+      deconv3d upsample 'scans/*.nii.gz' -O out/ --preset trilinear --scale 2 --json
+      find scans -name '*.h5' | deconv3d upsample --from-list - -O out/ --spec layer.yaml --skip-existing
     """
-
-    if output is None:
-        raise click.UsageError("give the output file with -o OUTPUT")
-    if len(inputs) != 1:
-        raise click.UsageError(f"-o takes exactly one INPUT, got {len(inputs)}")
+    if (output is None) == (output_dir is None):
+        raise click.UsageError("give either -o OUTPUT (one input) or -O OUTDIR (any number of inputs)")
+    if output is not None:
+        batch_only = [
+            ("--from-list", from_list),
+            ("--skip-existing", skip_existing),
+            ("--fail-fast", fail_fast),
+            ("--shard", shard),
+            ("--output-format", output_format),
+        ]
+        for flag, value in batch_only:
+            if value:
+                raise click.UsageError(f"{flag} goes with -O OUTDIR")
+        if len(inputs) != 1:
+            raise click.UsageError(f"-o takes exactly one INPUT, got {len(inputs)}; use -O OUTDIR for several")
+    elif not inputs and from_list is None:
+        raise click.UsageError("give INPUT files, quoted globs, or --from-list FILE")
+    if preview_png is not None and (output_dir is not None or dry_run):
+        raise click.UsageError("--preview draws one finished run: use it with -o and without --dry-run")
     spec = _layer(spec_path, preset, scale)
     from . import pipeline
 
@@ -230,20 +271,39 @@ def upsample(
         flush_every=checkpoint_every,
         boundary=(boundary or ("zeros" if preset is None else "replicate")).lower(),
     )
-    _fourth_axis_note(spec, inputs[0], dataset, opts.fourth_axis)
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    if output_dir is not None:
+        _upsample_many(
+            spec,
+            preset,
+            scale,
+            inputs,
+            from_list,
+            output_dir,
+            name_template,
+            output_format,
+            shard,
+            skip_existing,
+            fail_fast,
+            dry_run,
+            as_json,
+            quiet,
+            verbose,
+            opts,
+        )
+        return
     if dry_run:
         job = pipeline.prepare(spec, inputs[0], output, opts)
         job.reader.close()
         report = job.describe()
         report["status"] = "planned"
-        _emit(report, as_json, dry_run=True)
+        _emit(report, as_json, dry_run=True, quiet=quiet)
         return
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
     result = pipeline.run_job(spec, inputs[0], output, opts)
-    _emit(result, as_json)
+    _emit(result, as_json, quiet=quiet)
     if preview_png is not None:
         _upsample_preview(spec, inputs[0], output, preview_png, dataset, output_dataset, opts.fourth_axis)
 
@@ -277,21 +337,6 @@ def _spec_channels(spec: Any) -> tuple[int | None, int | None, str]:
     return in_channels, spec.filters, spec.data_format
 
 
-def _fourth_axis_note(spec: Any, path: Path, dataset: str | None, fourth_axis: str) -> None:
-    """Say on stderr how a 4-D NIfTI's 4th axis is read (opening one reads only its header)."""
-    from . import io as vio
-
-    try:
-        if vio.format_of(path) != "nifti" or not path.exists():
-            return
-    except Deconv3dError:
-        return
-    reader = vio.open_reader(path, dataset, fourth_axis=fourth_axis, in_channels=_spec_channels(spec)[0])
-    reader.close()
-    if getattr(reader, "fourth_axis_choice", None):
-        click.echo(f"deconv3d: {reader.fourth_axis_choice}", err=True)
-
-
 def _upsample_preview(
     spec: Any, src: Path, dst: Path, png: Path, dataset: str | None, output_dataset: str | None, fourth_axis: str
 ) -> None:
@@ -306,12 +351,16 @@ def _upsample_preview(
     click.echo(f"deconv3d: preview written to {png}", err=True)
 
 
-def _emit(report: dict[str, Any], as_json: bool, dry_run: bool = False) -> None:
-    from .tiling import format_bytes
-
+def _emit(report: dict[str, Any], as_json: bool, dry_run: bool = False, quiet: bool = False) -> None:
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
+    elif not quiet:
+        click.echo("\n".join(_describe_lines(report, dry_run)), err=True)
+
+
+def _describe_lines(report: dict[str, Any], dry_run: bool) -> list[str]:
+    from .tiling import format_bytes
+
     lines = [
         f"{report['input']}: {tuple(report['input_shape'])} {report['input_dtype']}"
         f" -> {report['output']}: {tuple(report['output_shape'])} {report['output_dtype']}",
@@ -319,16 +368,87 @@ def _emit(report: dict[str, Any], as_json: bool, dry_run: bool = False) -> None:
         f"  tiles: {report['tiles']} of {tuple(report['tile_shape'])} (grid {tuple(report['tile_grid'])}, "
         f"halo {tuple(report['halo'])}), memory estimate {format_bytes(report['memory_estimate_bytes'])}",
     ]
+    if report.get("fourth_axis"):
+        lines.insert(1, f"  {report['fourth_axis']}")
     if dry_run:
         lines.append(f"  dry run: nothing written (output would be {format_bytes(report['output_bytes'])})")
     else:
         lines.append(
             f"  done in {report['seconds']:.2f} s on {report['device']} "
-            f"({report['voxels_per_s'] / 1e6:.1f} Mvox/s)"
+            f"({(report['voxels_per_s'] or 0) / 1e6:.1f} Mvox/s)"
             + (f", {report['resumed_tiles']} tiles resumed" if report.get("resumed_tiles") else "")
             + (f", {report['clipped_voxels']} voxels clipped" if report.get("clipped_voxels") else "")
         )
-    click.echo("\n".join(lines), err=True)
+    return lines
+
+
+def _upsample_many(
+    spec: Any,
+    preset: str | None,
+    scale: str | None,
+    patterns: tuple[Path, ...],
+    from_list: Any,
+    output_dir: Path,
+    template: str,
+    output_format: str | None,
+    shard_text: str | None,
+    skip_existing: bool,
+    fail_fast: bool,
+    dry_run: bool,
+    as_json: bool,
+    quiet: bool,
+    verbose: bool,
+    opts: Any,
+) -> None:
+    """Every input through one process and one engine per channel count; exit 1 if any file failed."""
+    from . import batch, pipeline, presets
+    from .spec import LayerSpec
+
+    inputs = batch.expand_inputs([str(p) for p in patterns], from_list)
+    if shard_text:
+        try:
+            index, count = batch.parse_shard(shard_text)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--shard") from None
+        inputs = batch.shard(inputs, index, count)
+    factor = spec.strides if isinstance(spec, LayerSpec) else presets.parse_scale(scale if scale else 2)
+    jobs = batch.plan_outputs(inputs, output_dir, template, factor, output_format)
+    if not dry_run:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    engines: dict[int, Any] = {}
+
+    def on_file(result: Any) -> None:
+        if quiet and result.status != "failed":
+            return
+        if result.status == "failed":
+            click.echo(f"FAILED {result.input}: {result.error}", err=True)
+        elif verbose and result.status in ("done", "planned"):
+            click.echo("\n".join(_describe_lines(result.details, result.status == "planned")), err=True)
+        elif result.status == "done":
+            d = result.details
+            click.echo(
+                f"done   {result.input} -> {result.output} {tuple(d['output_shape'])} {d['seconds']:.2f} s", err=True
+            )
+        else:
+            click.echo(f"{result.status:<6} {result.input} -> {result.output}", err=True)
+
+    report = batch.run_batch(
+        jobs,
+        prepare=lambda job: pipeline.prepare(spec, job.input, job.output, opts),
+        execute=lambda job: pipeline.execute(job, pipeline.engine_for(job, opts, engines), opts),
+        describe=lambda job: job.describe(),
+        close=lambda job: job.reader.close(),
+        skip_existing=skip_existing,
+        fail_fast=fail_fast,
+        dry_run=dry_run,
+        on_file=on_file,
+        debug=_debug(click.get_current_context()),
+    )
+    if as_json:
+        click.echo(json.dumps(report.as_json(), indent=2))
+    if not quiet or report.exit_code:
+        click.echo(report.summary(), err=True)
+    sys.exit(report.exit_code)
 
 
 @main.command("presets", context_settings=CONTEXT)

@@ -23,10 +23,10 @@ import numpy as np
 from . import boundary
 from . import io as vio
 from .atomic import OutputTarget, same_file
-from .errors import InputError, RunError
+from .errors import InputError
 from .layout import Layout
 from .spec import LayerSpec
-from .tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, format_bytes, make_plan
+from .tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, make_plan
 
 FLOAT_DTYPES = ("float32", "float64", "float16")
 
@@ -101,7 +101,14 @@ class Prepared:
             "halo": list(plan.halo),
             "memory_estimate_bytes": plan.tile_bytes(),
             "output_bytes": int(np.prod(self.out_shape)) * self.out_dtype.itemsize,
+            "spacing_in": _floats(self.reader.meta.spacing),
+            "spacing_out": _floats(self.meta.spacing),
+            "fourth_axis": getattr(self.reader, "fourth_axis_choice", None),
         }
+
+
+def _floats(values: Any) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
 
 
 def resolve_output_dtype(name: str, input_dtype: np.dtype) -> np.dtype:
@@ -338,7 +345,8 @@ def execute(
         stop.set()
         if writer is not None:
             try:
-                writer.close()
+                # A writer that can drop its work (a .nii.gz that would otherwise be compressed) does so.
+                (getattr(writer, "abort", None) or writer.close)()
             except Exception:  # noqa: BLE001 - the first error is the one to report
                 pass
         target.abort()
@@ -381,25 +389,25 @@ def _progress_bar(job: Prepared, opts: Options, initial: int = 0) -> Any:
     )
 
 
+def engine_for(job: Prepared, opts: Options, engines: dict) -> Any:
+    """The engine for this job's channel count, built once per run and shared by every file."""
+    from .engine import Engine
+
+    channels = job.in_layout.channels(job.reader.shape)
+    key = (channels, job.spec.fingerprint())
+    if key not in engines:
+        engines[key] = Engine(job.spec, channels, opts.device, opts.precision)
+    return engines[key]
+
+
 def run_job(
     spec: SpecSource, input_path: Path, output_path: Path, opts: Options, engines: dict | None = None
 ) -> dict[str, Any]:
-    """prepare + execute with an engine cached per input channel count (set up once per run)."""
-    from .engine import Engine
-
+    """prepare + execute one file."""
     job = prepare(spec, input_path, output_path, opts)
-    engines = {} if engines is None else engines
-    channels = job.in_layout.channels(job.reader.shape)
     try:
-        if channels not in engines:
-            engines[channels] = Engine(job.spec, channels, opts.device, opts.precision)
+        engine = engine_for(job, opts, {} if engines is None else engines)
     except BaseException:
         job.reader.close()
         raise
-    try:
-        return execute(job, engines[channels], opts)
-    except MemoryError as exc:
-        raise RunError(f"out of memory ({exc}); lower --memory-limit or --tile", source=str(input_path)) from None
-
-
-__all__ = ["Options", "Prepared", "prepare", "execute", "run_job", "format_bytes", "FLOAT_DTYPES"]
+    return execute(job, engine, opts)

@@ -91,11 +91,14 @@ def output_chunks(
 
 def output_meta(meta: VolumeMeta, axes: Sequence[Axis]) -> VolumeMeta:
     """Input geometry carried to the output: spacing divided by the strides, affine per SEMANTICS.md."""
+    derived = meta.affine is None
+    affine_in = np.diag([*(meta.spacing or (1.0, 1.0, 1.0)), 1.0]) if derived else meta.affine
     return VolumeMeta(
         spacing=None if meta.spacing is None else geometry.output_spacing(meta.spacing, [ax.stride for ax in axes]),
-        affine=None if meta.affine is None else geometry.output_affine(meta.affine, axes),
+        affine=geometry.output_affine(affine_in, axes),
         attrs=dict(meta.attrs),
         header=meta.header,
+        affine_derived=derived,
     )
 
 

@@ -21,6 +21,9 @@ class VolumeMeta:
     affine: np.ndarray | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
     header: Any = None
+    # True when the input had no affine and this one was built from its spacing (formats that store
+    # affines only by choice, like HDF5, then leave it out; NIfTI needs one regardless).
+    affine_derived: bool = False
 
 
 class Reader(Protocol):

@@ -373,7 +373,7 @@ class Hdf5Writer:
             _set_attr(attrs, name, value)
         if meta.spacing is not None and not any(name in meta.attrs for name in SPACING_ATTRS):
             attrs["spacing"] = np.asarray(meta.spacing, dtype=np.float64)
-        if meta.affine is not None:
+        if meta.affine is not None and not meta.affine_derived:
             attrs["affine"] = np.asarray(meta.affine, dtype=np.float64).reshape(4, 4)
 
     def write(self, index: tuple[slice, ...], data: np.ndarray) -> None:
