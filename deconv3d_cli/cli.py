@@ -421,7 +421,8 @@ def _upsample_many(
         if quiet and result.status != "failed":
             return
         if result.status == "failed":
-            click.echo(f"FAILED {result.input}: {result.error}", err=True)
+            error = result.error if result.input in (result.error or "") else f"{result.input}: {result.error}"
+            click.echo(f"FAILED {error}", err=True)
         elif verbose and result.status in ("done", "planned"):
             click.echo("\n".join(_describe_lines(result.details, result.status == "planned")), err=True)
         elif result.status == "done":

@@ -20,8 +20,7 @@ FIXTURE = Path(__file__).resolve().parent / "golden" / "cases.npz"
 
 # Keras's Conv3DTranspose keyword arguments that `conv3d_transpose` takes (filters and kernel_size
 # are inferred from the kernel unless given).
-HYPER = ("strides", "padding", "output_padding", "data_format", "dilation_rate", "activation",
-         "use_bias")
+HYPER = ("strides", "padding", "output_padding", "data_format", "dilation_rate", "activation", "use_bias")
 
 _DATA = np.load(FIXTURE, allow_pickle=False)
 CASES: list[str] = json.loads(str(_DATA["index"]))
@@ -47,7 +46,9 @@ def assert_matches(got, want, rtol=1e-5, scale=1e-5):
     got = np.asarray(got)
     assert got.shape == want.shape, f"shape {got.shape} != reference {want.shape}"
     np.testing.assert_allclose(
-        got.astype(np.float64), want.astype(np.float64), rtol=rtol,
+        got.astype(np.float64),
+        want.astype(np.float64),
+        rtol=rtol,
         atol=scale * max(1.0, float(np.abs(want).max())),
     )
 
@@ -90,8 +91,9 @@ def test_functional_fp64(cid):
 @pytest.mark.parametrize("cid", SUBSET)
 def test_functional_explicit_filters_and_kernel_size(cid):
     x, kernel, bias, config, y, _ = load(cid)
-    got = conv3d_transpose(x, kernel, bias, filters=config["filters"],
-                           kernel_size=config["kernel_size"], **hyper(config))
+    got = conv3d_transpose(
+        x, kernel, bias, filters=config["filters"], kernel_size=config["kernel_size"], **hyper(config)
+    )
     assert_matches(got, y)
 
 
@@ -149,8 +151,7 @@ def test_refusal_functional(r):
     x, kernel, bias = refusal_arrays(r)
     cfg = r["config"]
     with pytest.raises(SpecError) as ei:
-        conv3d_transpose(x, kernel, bias, filters=cfg["filters"], kernel_size=cfg["kernel_size"],
-                         **hyper(cfg))
+        conv3d_transpose(x, kernel, bias, filters=cfg["filters"], kernel_size=cfg["kernel_size"], **hyper(cfg))
     assert isinstance(ei.value, ValueError)
     assert_names_field(ei.value, r)
 

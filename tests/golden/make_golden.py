@@ -65,8 +65,24 @@ OUT_FILE = HERE / "cases.npz"
 SEED = 20240607
 
 ACTIVATIONS = [
-    "linear", "relu", "relu6", "sigmoid", "hard_sigmoid", "tanh", "softplus", "softsign", "elu",
-    "selu", "exponential", "swish", "silu", "gelu", "softmax", "log_softmax", "leaky_relu", "mish",
+    "linear",
+    "relu",
+    "relu6",
+    "sigmoid",
+    "hard_sigmoid",
+    "tanh",
+    "softplus",
+    "softsign",
+    "elu",
+    "selu",
+    "exponential",
+    "swish",
+    "silu",
+    "gelu",
+    "softmax",
+    "log_softmax",
+    "leaky_relu",
+    "mish",
 ]
 
 # Keep the fixtures small: at most this many output elements per case (and a float64 copy of y
@@ -78,6 +94,7 @@ Y64_LIMIT = 1200
 # --------------------------------------------------------------------------------------------
 # Geometry (SEMANTICS.md), used only to size cases and skip illegal ones before running Keras.
 # --------------------------------------------------------------------------------------------
+
 
 def eff_k(k, d):
     return (k - 1) * d + 1
@@ -97,9 +114,7 @@ def is_legal(c):
     if op is not None:
         if any(o >= si for o, si in zip(op, s)):
             return False
-        if c["padding"] == "same" and any(
-            eff_k(ki, di) % 2 == 0 and o == 0 for ki, di, o in zip(k, d, op)
-        ):
+        if c["padding"] == "same" and any(eff_k(ki, di) % 2 == 0 and o == 0 for ki, di, o in zip(k, d, op)):
             return False
     return True
 
@@ -121,14 +136,40 @@ def n_out(c):
 # Case list (deterministic).
 # --------------------------------------------------------------------------------------------
 
-def case(spatial, k, s, pad="valid", op=None, df="channels_last", act="linear", bias=True,
-         batch=1, cin=2, filters=2, d=(1, 1, 1), gain=1.5, tag=""):
+
+def case(
+    spatial,
+    k,
+    s,
+    pad="valid",
+    op=None,
+    df="channels_last",
+    act="linear",
+    bias=True,
+    batch=1,
+    cin=2,
+    filters=2,
+    d=(1, 1, 1),
+    gain=1.5,
+    tag="",
+):
     def t3(v):
         return tuple(v) if isinstance(v, (tuple, list)) else (v, v, v)
+
     return dict(
-        spatial=t3(spatial), kernel_size=t3(k), strides=t3(s), padding=pad,
-        output_padding=None if op is None else t3(op), data_format=df, activation=act,
-        use_bias=bias, batch=batch, cin=cin, filters=filters, dilation_rate=t3(d), gain=gain,
+        spatial=t3(spatial),
+        kernel_size=t3(k),
+        strides=t3(s),
+        padding=pad,
+        output_padding=None if op is None else t3(op),
+        data_format=df,
+        activation=act,
+        use_bias=bias,
+        batch=batch,
+        cin=cin,
+        filters=filters,
+        dilation_rate=t3(d),
+        gain=gain,
         tag=tag,
     )
 
@@ -136,9 +177,13 @@ def case(spatial, k, s, pad="valid", op=None, df="channels_last", act="linear", 
 def case_id(n, c):
     def j(t):
         return "".join(str(v) for v in t)
+
     parts = [
-        f"{n:03d}", c["tag"] or "g",
-        f"i{j(c['spatial'])}", f"k{j(c['kernel_size'])}", f"s{j(c['strides'])}",
+        f"{n:03d}",
+        c["tag"] or "g",
+        f"i{j(c['spatial'])}",
+        f"k{j(c['kernel_size'])}",
+        f"s{j(c['strides'])}",
     ]
     if any(v > 1 for v in c["dilation_rate"]):
         parts.append(f"d{j(c['dilation_rate'])}")
@@ -163,30 +208,85 @@ def build_cases():
         dict(spatial=(3, 2, 4), k=(3, 3, 3), s=(2, 2, 1), pad="same", op=(1, 0, 0)),
         dict(spatial=(2, 4, 3), k=(1, 3, 2), s=(3, 1, 2), pad="valid", op=(2, 0, 1)),
     ]
-    gains = {"relu6": 6.0, "hard_sigmoid": 4.0, "exponential": 1.0, "softmax": 2.5,
-             "log_softmax": 2.5, "selu": 2.0, "elu": 2.0}
+    gains = {
+        "relu6": 6.0,
+        "hard_sigmoid": 4.0,
+        "exponential": 1.0,
+        "softmax": 2.5,
+        "log_softmax": 2.5,
+        "selu": 2.0,
+        "elu": 2.0,
+    }
     for n, act in enumerate(ACTIVATIONS):
         g = geos[n % len(geos)]
-        cases.append(case(act=act, gain=gains.get(act, 1.5), batch=1 + n % 2,
-                          cin=1 + n % 3, filters=1 + (n + 1) % 3, tag="act", **g))
+        cases.append(
+            case(
+                act=act,
+                gain=gains.get(act, 1.5),
+                batch=1 + n % 2,
+                cin=1 + n % 3,
+                filters=1 + (n + 1) % 3,
+                tag="act",
+                **g,
+            )
+        )
     # softmax / log_softmax under channels_first act on the WIDTH axis in Keras: explicit cases.
-    cases.append(case((2, 3, 4), (2, 2, 3), (2, 1, 2), "same", df="channels_first", act="softmax",
-                      filters=3, gain=2.5, tag="act"))
-    cases.append(case((3, 2, 3), (3, 1, 2), (1, 2, 3), "valid", op=(0, 1, 2), df="channels_first",
-                      act="log_softmax", batch=2, filters=2, gain=2.5, tag="act"))
-    cases.append(case((2, 2, 2), (1, 1, 1), (1, 1, 1), "valid", df="channels_first", act="softmax",
-                      cin=3, filters=1, gain=2.5, tag="act"))  # filters=1: softmax over W, not C
+    cases.append(
+        case(
+            (2, 3, 4), (2, 2, 3), (2, 1, 2), "same", df="channels_first", act="softmax", filters=3, gain=2.5, tag="act"
+        )
+    )
+    cases.append(
+        case(
+            (3, 2, 3),
+            (3, 1, 2),
+            (1, 2, 3),
+            "valid",
+            op=(0, 1, 2),
+            df="channels_first",
+            act="log_softmax",
+            batch=2,
+            filters=2,
+            gain=2.5,
+            tag="act",
+        )
+    )
+    cases.append(
+        case(
+            (2, 2, 2),
+            (1, 1, 1),
+            (1, 1, 1),
+            "valid",
+            df="channels_first",
+            act="softmax",
+            cin=3,
+            filters=1,
+            gain=2.5,
+            tag="act",
+        )
+    )  # filters=1: softmax over W, not C
     for act in ("gelu", "relu6", "elu", "mish", "hard_sigmoid"):
-        cases.append(case((2, 3, 2), (2, 3, 2), (2, 2, 1), "same", df="channels_first", act=act,
-                          gain=gains.get(act, 1.5) if act != "relu6" else 6.0, cin=2, filters=2,
-                          tag="act"))
+        cases.append(
+            case(
+                (2, 3, 2),
+                (2, 3, 2),
+                (2, 2, 1),
+                "same",
+                df="channels_first",
+                act=act,
+                gain=gains.get(act, 1.5) if act != "relu6" else 6.0,
+                cin=2,
+                filters=2,
+                tag="act",
+            )
+        )
 
     # B. Explicit geometry corner cases.
     cases += [
-        case((1, 1, 1), (1, 1, 1), (1, 1, 1), tag="geo"),                               # trivial
-        case((1, 1, 1), (4, 3, 2), (3, 2, 1), "same", tag="geo"),                        # one voxel
+        case((1, 1, 1), (1, 1, 1), (1, 1, 1), tag="geo"),  # trivial
+        case((1, 1, 1), (4, 3, 2), (3, 2, 1), "same", tag="geo"),  # one voxel
         case((1, 1, 1), (2, 4, 3), (3, 3, 2), "valid", op=(2, 1, 1), tag="geo"),
-        case((3, 3, 3), (1, 1, 1), (1, 1, 1), "same", cin=3, filters=3, tag="geo"),      # 1x1x1
+        case((3, 3, 3), (1, 1, 1), (1, 1, 1), "same", cin=3, filters=3, tag="geo"),  # 1x1x1
         # kernel smaller than stride: bias-only tail positions
         case((3, 2, 4), (1, 2, 1), (3, 3, 2), "valid", tag="kls"),
         case((3, 2, 4), (1, 2, 1), (3, 3, 2), "same", tag="kls"),
@@ -226,11 +326,20 @@ def build_cases():
             op = tuple(int(rng.integers(0, si)) for si in s)
         else:
             op = tuple(si - 1 for si in s)
-        c = case(spatial, k, s, pad, op,
-                 df=("channels_last", "channels_first")[int(rng.integers(0, 2))],
-                 act=("linear", "linear", "relu", "tanh", "sigmoid", "softplus")[made % 6],
-                 bias=bool(rng.integers(0, 4) > 0), batch=int(rng.integers(1, 3)),
-                 cin=int(rng.integers(1, 4)), filters=int(rng.integers(1, 4)), tag="rnd")
+        c = case(
+            spatial,
+            k,
+            s,
+            pad,
+            op,
+            df=("channels_last", "channels_first")[int(rng.integers(0, 2))],
+            act=("linear", "linear", "relu", "tanh", "sigmoid", "softplus")[made % 6],
+            bias=bool(rng.integers(0, 4) > 0),
+            batch=int(rng.integers(1, 3)),
+            cin=int(rng.integers(1, 4)),
+            filters=int(rng.integers(1, 4)),
+            tag="rnd",
+        )
         if not is_legal(c) or n_out(c) > MAX_OUT:
             continue
         cases.append(c)
@@ -242,17 +351,16 @@ def build_cases():
         case((3, 4, 3), (2, 3, 2), 1, "same", d=(1, 2, 3), tag="dil"),
         case((4, 3, 3), (3, 2, 3), 1, "same", d=(2, 2, 1), act="relu", batch=2, tag="dil"),
         case((3, 3, 2), (3, 3, 3), 1, "valid", d=(3, 1, 2), df="channels_first", act="tanh", tag="dil"),
-        case((3, 3, 2), (2, 2, 3), 1, "same", d=(3, 3, 2), df="channels_first", act="gelu", cin=1,
-             filters=3, tag="dil"),
+        case(
+            (3, 3, 2), (2, 2, 3), 1, "same", d=(3, 3, 2), df="channels_first", act="gelu", cin=1, filters=3, tag="dil"
+        ),
         # op=0 under same with an odd effective kernel: legal; k=2,d=2 -> K=3 odd (tf.keras 2, which
         # ignores dilation, would abort on this one since its k=2 is even).
         case((3, 2, 4), (2, 4, 1), 1, "same", op=(0, 0, 0), d=(2, 2, 1), tag="dil"),
         case((2, 3, 3), (3, 1, 2), 1, "valid", op=(0, 0, 0), d=(2, 1, 2), bias=False, tag="dil"),
-        case((3, 3, 3), (2, 2, 2), 1, "same", d=(2, 2, 2), act="softmax", df="channels_first",
-             gain=2.5, tag="dil"),
+        case((3, 3, 3), (2, 2, 2), 1, "same", d=(2, 2, 2), act="softmax", df="channels_first", gain=2.5, tag="dil"),
         case((2, 4, 3), (4, 1, 3), 1, "valid", d=(2, 3, 3), act="hard_sigmoid", gain=4.0, tag="dil"),
-        case((1, 2, 5), (2, 3, 2), 1, "same", d=(3, 2, 3), act="leaky_relu", cin=3, filters=1,
-             tag="dil"),
+        case((1, 2, 5), (2, 3, 2), 1, "same", d=(3, 2, 3), act="leaky_relu", cin=3, filters=1, tag="dil"),
     ]
 
     for c in cases:
@@ -265,9 +373,17 @@ def refusal_records():
     """Configurations that must be refused. `config` holds Conv3DTranspose keyword arguments;
     `input_shape` is channels_last (N, D, H, W, C) unless data_format says otherwise; `field`
     lists words of which at least one must appear in the error."""
-    base = dict(filters=2, kernel_size=(2, 3, 1), strides=(2, 1, 3), padding="valid",
-                output_padding=None, data_format="channels_last", dilation_rate=(1, 1, 1),
-                activation="linear", use_bias=True)
+    base = dict(
+        filters=2,
+        kernel_size=(2, 3, 1),
+        strides=(2, 1, 3),
+        padding="valid",
+        output_padding=None,
+        data_format="channels_last",
+        dilation_rate=(1, 1, 1),
+        activation="linear",
+        use_bias=True,
+    )
     R = []
 
     def add(rid, why, field, shape=(1, 3, 3, 3, 2), **over):
@@ -275,36 +391,74 @@ def refusal_records():
         cfg.update(over)
         R.append(dict(id=rid, why=why, field=field, config=cfg, input_shape=list(shape)))
 
-    add("op_eq_stride", "output_padding must be < strides on every axis", ["output_padding"],
-        output_padding=(2, 0, 0))
-    add("op_gt_stride_unit", "output_padding 1 on an axis with stride 1", ["output_padding"],
-        output_padding=(0, 1, 0))
-    add("op_eq_stride_same", "output_padding must be < strides (same padding)", ["output_padding"],
-        padding="same", output_padding=(1, 0, 3))
-    add("same_op0_evenK", "same + output_padding with even K and op == 0 on axis 0: TF aborts",
-        ["output_padding"], padding="same", output_padding=(0, 0, 0))
-    add("same_op0_evenK_lastaxis", "same + output_padding, even K (k=4) and op == 0 on the last axis",
-        ["output_padding"], kernel_size=(3, 3, 4), strides=(2, 2, 2), padding="same",
-        output_padding=(1, 0, 0))
-    add("same_op0_evenK_dilated", "stride 1, k=2 with dilation 3 -> K=4 even, same + op 0",
-        ["output_padding"], kernel_size=(2, 3, 3), strides=(1, 1, 1), padding="same",
-        output_padding=(0, 0, 0), dilation_rate=(3, 1, 1))
-    add("stride_and_dilation", "strides > 1 together with dilation_rate > 1",
-        ["dilation", "strides"], strides=(2, 1, 1), dilation_rate=(1, 2, 1))
-    add("stride_and_dilation_other_axes", "strides > 1 on one axis, dilation > 1 on another",
-        ["dilation", "strides"], strides=(1, 1, 3), dilation_rate=(2, 1, 1), kernel_size=2)
+    add("op_eq_stride", "output_padding must be < strides on every axis", ["output_padding"], output_padding=(2, 0, 0))
+    add("op_gt_stride_unit", "output_padding 1 on an axis with stride 1", ["output_padding"], output_padding=(0, 1, 0))
+    add(
+        "op_eq_stride_same",
+        "output_padding must be < strides (same padding)",
+        ["output_padding"],
+        padding="same",
+        output_padding=(1, 0, 3),
+    )
+    add(
+        "same_op0_evenK",
+        "same + output_padding with even K and op == 0 on axis 0: TF aborts",
+        ["output_padding"],
+        padding="same",
+        output_padding=(0, 0, 0),
+    )
+    add(
+        "same_op0_evenK_lastaxis",
+        "same + output_padding, even K (k=4) and op == 0 on the last axis",
+        ["output_padding"],
+        kernel_size=(3, 3, 4),
+        strides=(2, 2, 2),
+        padding="same",
+        output_padding=(1, 0, 0),
+    )
+    add(
+        "same_op0_evenK_dilated",
+        "stride 1, k=2 with dilation 3 -> K=4 even, same + op 0",
+        ["output_padding"],
+        kernel_size=(2, 3, 3),
+        strides=(1, 1, 1),
+        padding="same",
+        output_padding=(0, 0, 0),
+        dilation_rate=(3, 1, 1),
+    )
+    add(
+        "stride_and_dilation",
+        "strides > 1 together with dilation_rate > 1",
+        ["dilation", "strides"],
+        strides=(2, 1, 1),
+        dilation_rate=(1, 2, 1),
+    )
+    add(
+        "stride_and_dilation_other_axes",
+        "strides > 1 on one axis, dilation > 1 on another",
+        ["dilation", "strides"],
+        strides=(1, 1, 3),
+        dilation_rate=(2, 1, 1),
+        kernel_size=2,
+    )
     add("padding_causal", "causal padding is Conv1D-only", ["causal", "padding"], padding="causal")
     add("padding_full", "unknown padding", ["padding"], padding="full")
-    add("activation_unknown", "unknown activation name", ["activation"],
-        activation="not_an_activation")
+    add("activation_unknown", "unknown activation name", ["activation"], activation="not_an_activation")
     add("filters_zero", "non-positive filters", ["filters"], filters=0)
     add("kernel_size_zero", "non-positive kernel_size", ["kernel_size"], kernel_size=(2, 0, 1))
     add("strides_zero", "non-positive strides", ["strides"], strides=(2, 0, 1))
-    add("dilation_zero", "non-positive dilation_rate", ["dilation"], strides=(1, 1, 1),
-        dilation_rate=(1, 0, 1))
-    add("op_same_cf_evenK", "channels_first: same + op, even K and op == 0 on axis 1",
-        ["output_padding"], shape=(1, 2, 3, 3, 3), data_format="channels_first",
-        kernel_size=(3, 2, 3), strides=(2, 2, 2), padding="same", output_padding=(1, 0, 1))
+    add("dilation_zero", "non-positive dilation_rate", ["dilation"], strides=(1, 1, 1), dilation_rate=(1, 0, 1))
+    add(
+        "op_same_cf_evenK",
+        "channels_first: same + op, even K and op == 0 on axis 1",
+        ["output_padding"],
+        shape=(1, 2, 3, 3, 3),
+        data_format="channels_first",
+        kernel_size=(3, 2, 3),
+        strides=(2, 2, 2),
+        padding="same",
+        output_padding=(1, 0, 1),
+    )
     return R
 
 
@@ -312,11 +466,17 @@ def refusal_records():
 # Keras runs.
 # --------------------------------------------------------------------------------------------
 
+
 def layer_kwargs(c, activation=None):
     return dict(
-        filters=c["filters"], kernel_size=c["kernel_size"], strides=c["strides"],
-        padding=c["padding"], output_padding=c["output_padding"], data_format=c["data_format"],
-        dilation_rate=c["dilation_rate"], use_bias=c["use_bias"],
+        filters=c["filters"],
+        kernel_size=c["kernel_size"],
+        strides=c["strides"],
+        padding=c["padding"],
+        output_padding=c["output_padding"],
+        data_format=c["data_format"],
+        dilation_rate=c["dilation_rate"],
+        use_bias=c["use_bias"],
         activation=c["activation"] if activation is None else activation,
     )
 
@@ -331,14 +491,14 @@ def draw_arrays(c, seed):
     x = rng.standard_normal(xs).astype(np.float32)
     # Scale so that each output sums O(1)-variance terms: std ~ gain.
     taps = c["cin"] * np.prod([math.ceil(k / s) for k, s in zip(c["kernel_size"], c["strides"])])
-    kernel = (rng.standard_normal(c["kernel_size"] + (c["filters"], c["cin"]))
-              * (c["gain"] / math.sqrt(taps))).astype(np.float32)
+    kernel = (rng.standard_normal(c["kernel_size"] + (c["filters"], c["cin"])) * (c["gain"] / math.sqrt(taps))).astype(
+        np.float32
+    )
     bias = (rng.standard_normal(c["filters"]) * 0.5).astype(np.float32) if c["use_bias"] else None
     return x, kernel, bias
 
 
-def run_tf_keras(c, x, kernel, bias, dtype, name, activation=None, kernel_override=None,
-                 dilation=None, call=True):
+def run_tf_keras(c, x, kernel, bias, dtype, name, activation=None, kernel_override=None, dilation=None, call=True):
     import tf_keras as keras
 
     kw = layer_kwargs(c, activation)
@@ -467,8 +627,9 @@ def main():
         if is_dil:
             dilated.append(cid)
             continue  # y comes from Keras 3 below
-        expect = (c["batch"],) + ((c["filters"],) + out_shape(c) if c["data_format"] == "channels_first"
-                                  else out_shape(c) + (c["filters"],))
+        expect = (c["batch"],) + (
+            (c["filters"],) + out_shape(c) if c["data_format"] == "channels_first" else out_shape(c) + (c["filters"],)
+        )
         assert y.shape == expect, (cid, y.shape, expect)
         arrays[cid + "__y"] = y.astype(np.float32)
         if y.size <= Y64_LIMIT:
@@ -493,8 +654,7 @@ def main():
                         payload[f"{cid}__{key}"] = arrays[f"{cid}__{key}"]
             np.savez(inp, specs=np.array(json.dumps(specs)), **payload)
             env = dict(os.environ, KERAS_BACKEND="tensorflow")
-            subprocess.run([sys.executable, __file__, "--keras3-dilated", str(inp), str(outp)],
-                           check=True, env=env)
+            subprocess.run([sys.executable, __file__, "--keras3-dilated", str(inp), str(outp)], check=True, env=env)
             res = np.load(outp, allow_pickle=False)
             keras3_version = str(res["keras_version"])
             for cid in dilated:
@@ -502,19 +662,23 @@ def main():
                 n = index.index(cid)
                 x, kernel = arrays[cid + "__x"], arrays[cid + "__kernel"]
                 bias = arrays.get(cid + "__bias")
-                expect = (c["batch"],) + ((c["filters"],) + out_shape(c)
-                                          if c["data_format"] == "channels_first"
-                                          else out_shape(c) + (c["filters"],))
+                expect = (c["batch"],) + (
+                    (c["filters"],) + out_shape(c)
+                    if c["data_format"] == "channels_first"
+                    else out_shape(c) + (c["filters"],)
+                )
                 # Zero-inserted kernel, dilation 1, through tf.keras 2 (an exact identity):
                 # the float64 reference, the cross-check of Keras 3, and the fallback.
                 kz = zero_insert(kernel, c["dilation_rate"])
                 cz = dict(c)
                 cz["kernel_size"] = tuple(kz.shape[:3])
                 cz["dilation_rate"] = (1, 1, 1)
-                _, y64 = run_tf_keras(cz, x, kernel, bias, "float64", f"goldenz64_{n:03d}",
-                                      kernel_override=kz, dilation=(1, 1, 1))
-                _, yz32 = run_tf_keras(cz, x, kernel, bias, "float32", f"goldenz32_{n:03d}",
-                                       kernel_override=kz, dilation=(1, 1, 1))
+                _, y64 = run_tf_keras(
+                    cz, x, kernel, bias, "float64", f"goldenz64_{n:03d}", kernel_override=kz, dilation=(1, 1, 1)
+                )
+                _, yz32 = run_tf_keras(
+                    cz, x, kernel, bias, "float32", f"goldenz32_{n:03d}", kernel_override=kz, dilation=(1, 1, 1)
+                )
                 assert y64.shape == expect, (cid, y64.shape, expect)
                 if cid + "__float32" in res.files:
                     y32 = tf_keras_activation(c["activation"], res[cid + "__float32"])
@@ -540,9 +704,15 @@ def main():
             raise SystemExit(f"refusal {r['id']} was accepted by tf.keras 2; check the case")
 
     meta = dict(
-        tensorflow=tf.__version__, tf_keras=keras.__version__, keras3=keras3_version,
-        numpy=np.__version__, seed=SEED, n_cases=len(index), n_dilated=len(dilated),
-        n_refusals=len(refusals), dilated_reference=methods,
+        tensorflow=tf.__version__,
+        tf_keras=keras.__version__,
+        keras3=keras3_version,
+        numpy=np.__version__,
+        seed=SEED,
+        n_cases=len(index),
+        n_dilated=len(dilated),
+        n_refusals=len(refusals),
+        dilated_reference=methods,
         y64_reference="tf.keras 2 layer built with dtype float64 (dilated: zero-inserted kernel)",
     )
     arrays["index"] = np.array(json.dumps(index))
@@ -567,8 +737,12 @@ def main():
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--keras3-dilated", nargs=2, metavar=("IN", "OUT"),
-                    help="internal: compute dilated references with Keras 3 (TF backend)")
+    ap.add_argument(
+        "--keras3-dilated",
+        nargs=2,
+        metavar=("IN", "OUT"),
+        help="internal: compute dilated references with Keras 3 (TF backend)",
+    )
     a = ap.parse_args()
     if a.keras3_dilated:
         keras3_child(*a.keras3_dilated)
