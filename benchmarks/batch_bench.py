@@ -55,7 +55,7 @@ def main() -> None:
         sample = sorted(src.glob("*.npy"))[: args.per_file_sample]
         t = time.perf_counter()
         for path in sample:
-            subprocess.run([*CLI, "upsample", str(path), "-o", str(many / path.name), *LAYER], check=True)
+            subprocess.run([*CLI, "upsample", str(path), "-o", str(many / path.name), *LAYER, "-q"], check=True)
         per_file = (time.perf_counter() - t) / len(sample)
     single_rate = args.files / single
     loop_rate = 1.0 / per_file

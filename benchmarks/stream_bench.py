@@ -49,7 +49,10 @@ def run_child(args: list[str], env: dict | None = None) -> tuple[float, int, str
 
 def _rss_wrapper(code: str) -> list[str]:
     """Run `code`, then print the process's peak RSS on stderr."""
-    tail = "\nimport resource, sys; print(f'PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)"
+    tail = (
+        "\nimport resource, sys;"
+        "print(f'PEAK_RSS_KB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}', file=sys.stderr)"
+    )
     return [sys.executable, "-c", code + tail]
 
 
@@ -91,7 +94,8 @@ def main() -> None:
         _, footprint, _ = run_child(_rss_wrapper(footprint_code))
 
         mem_code = (
-            "import time, numpy as np, torch; from deconv3d_cli import LayerSpec; from deconv3d_cli.engine import Engine;"
+            "import time, numpy as np, torch; from deconv3d_cli import LayerSpec;"
+            "from deconv3d_cli.engine import Engine;"
             f"s = LayerSpec.from_yaml({str(spec)!r}); e = Engine(s, 1);"
             f"x = np.load({str(small)!r})[None, None]; e.whole(x); ts = []\n"
             "for _ in range(3):\n"
