@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -91,6 +92,19 @@ class Layout:
         if self.data_format == CHANNELS_LAST:
             a = np.moveaxis(a, -1, 1)
         return a
+
+    def ncdhw_order(self, filters: int) -> tuple[int, ...]:
+        """Axis order taking (N, C, D, H, W) to this layout's output order, before dropping axes."""
+        return (0, 2, 3, 4, 1) if self.output_layout(filters).data_format == CHANNELS_LAST else (0, 1, 2, 3, 4)
+
+    def squeeze_ncdhw(self, array: Any, filters: int) -> Any:
+        """Drop the batch/channel axes the output layout lacks from an array already in `ncdhw_order`."""
+        out = self.output_layout(filters)
+        if out.ndim == 5:
+            return array
+        if out.ndim == 4:
+            return array[0]
+        return array[0, 0] if out.data_format == CHANNELS_FIRST else array[0, ..., 0]
 
     def from_ncdhw(self, array: np.ndarray, filters: int) -> np.ndarray:
         """Inverse of `to_ncdhw` for the output layout (a view where possible)."""

@@ -167,7 +167,12 @@ def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options
         out_layout = layout.output_layout(spec.filters)
         out_dtype = resolve_output_dtype(opts.output_dtype, reader.dtype)
         compute_item = 8 if opts.precision == "fp64" else 4
-        costs = Costs(in_item=reader.dtype.itemsize, compute_item=compute_item, out_item=out_dtype.itemsize)
+        costs = Costs(
+            in_item=reader.dtype.itemsize,
+            compute_item=compute_item,
+            out_item=out_dtype.itemsize,
+            unfold=opts.precision == "fp64",
+        )
         chunks = vio.output_chunks(out_format, out_shape, out_dtype, out_layout, opts.writer_options)
         spatial_chunks = None if chunks is None else [chunks[a] for a in out_layout.spatial_axes]
         plan = make_plan(
@@ -228,14 +233,36 @@ def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
             continue
 
 
-def _cast(y: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, int]:
-    """Cast to the output dtype; integers are rounded and clipped, and the clipped voxels counted."""
-    if dtype.kind == "f":
-        return y.astype(dtype, copy=False), 0
-    info = np.iinfo(dtype)
-    y = np.rint(y)
-    clipped = int(np.count_nonzero((y < info.min) | (y > info.max)))
-    return np.clip(y, info.min, info.max).astype(dtype), clipped
+class _Pool:
+    """Host buffers for output tiles, recycled by the writer thread.
+
+    Fresh pages cost a page fault each (slow on virtual machines) and freed ones linger in the
+    allocator's heap; a fixed set of buffers avoids both and bounds the tiles in flight.
+    """
+
+    def __init__(self, count: int, nbytes: int) -> None:
+        self.free: queue.Queue[np.ndarray] = queue.Queue()
+        for _ in range(count):
+            self.free.put(np.empty(max(nbytes, 1), np.uint8))
+
+    def view(self, buf: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        return buf[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+
+
+def _store(y: Any, host: np.ndarray) -> int:
+    """Copy the tile into `host` in its dtype; integers are rounded and clipped, clipped voxels counted."""
+    import torch
+
+    if host.dtype.kind == "f":
+        torch.from_numpy(host).copy_(y)
+        return 0
+    from .engine import to_numpy
+
+    info = np.iinfo(host.dtype)
+    rounded = np.rint(to_numpy(y))
+    clipped = int(np.count_nonzero((rounded < info.min) | (rounded > info.max)))
+    np.copyto(host, np.clip(rounded, info.min, info.max), casting="unsafe")
+    return clipped
 
 
 def execute(
@@ -245,8 +272,6 @@ def execute(
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Compute every tile of the plan into a partial file, then atomically move it onto the target."""
-    from .engine import to_numpy
-
     target = OutputTarget(job.output, job.header(), overwrite=opts.overwrite, resume=opts.resume)
     resumed = target.open()
     writer = None
@@ -254,6 +279,8 @@ def execute(
     errors: list[BaseException] = []
     clipped = [0]
     plan, in_layout, out_layout = job.plan, job.in_layout, job.out_layout
+    filters = job.spec.filters
+    in_order = in_layout.ncdhw_order(filters)
     todo = [t for t in plan.tiles() if t.index not in target.done]
     skipped_voxels = sum(t.voxels for t in plan.tiles() if t.index in target.done) if resumed else 0
     started = time.perf_counter()
@@ -272,6 +299,8 @@ def execute(
         )
         q_in: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
         q_out: queue.Queue[Any] = queue.Queue(maxsize=WRITE_BEHIND)
+        tile_bytes = plan.batch_step * filters * int(np.prod(plan.tile_shape)) * job.out_dtype.itemsize
+        pool = _Pool(WRITE_BEHIND + 2, tile_bytes)
 
         def read_stage() -> None:
             try:
@@ -293,8 +322,9 @@ def execute(
                     item = _get(q_out, stop)
                     if item is None:
                         break
-                    tile, data = item
+                    tile, data, buf = item
                     writer.write(out_layout.region(tile.out, tile.batch), data)
+                    pool.free.put(buf)
                     pending.append(tile.index)
                     bar.update(tile.voxels)
                     if on_progress:
@@ -320,10 +350,15 @@ def execute(
                 if item is None:
                     break
                 tile, slab = item
-                y = engine.tile(slab, tile.offsets, tile.sizes)
-                data, n_clipped = _cast(out_layout.from_ncdhw(to_numpy(y), job.spec.filters), job.out_dtype)
-                clipped[0] += n_clipped
-                _put(q_out, (tile, data), stop)
+                y = engine.tile(slab, tile.offsets, tile.sizes).permute(in_order)
+                del slab
+                # One compact array in the stored order, in a recycled buffer (torch's copy is
+                # multi-threaded); the slab's uncropped output is freed before the next tile.
+                buf = _get(pool.free, stop)
+                host = pool.view(buf, tuple(y.shape), job.out_dtype)
+                clipped[0] += _store(y, host)
+                del y
+                _put(q_out, (tile, in_layout.squeeze_ncdhw(host, filters), buf), stop)
             _put(q_out, None, stop)
         except _Stop:
             pass

@@ -44,6 +44,9 @@ class Costs:
     in_item: int = 4
     compute_item: int = 4
     out_item: int = 4
+    # True when the engine's path unfolds the input into F * kd*kh*kw columns per input voxel (torch's
+    # generic transposed convolution: fp64, or no oneDNN); oneDNN's path needs no such buffer.
+    unfold: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,9 +96,11 @@ class Plan:
     def tile_bytes(self, tile_shape: Sequence[int] | None = None, batch_step: int | None = None) -> int:
         """Peak bytes of one tile in flight plus the pipeline's queued buffers.
 
-        Counts the raw and converted input slab, the slab's uncropped output, the engine's column
-        workspace (torch's transposed convolution unfolds F * kd*kh*kw values per input voxel), the
-        cropped and activated tile, and its copy in the output dtype.
+        Buffers alive at the worst moment: raw input slabs (READ_AHEAD queued, one being read, one in
+        the engine, and the mapped file pages of the read), the converted slab, the slab's uncropped
+        output (twice while oneDNN reorders it) and the cropped tile, the column workspace
+        when the engine unfolds, and output tiles in the stored dtype (WRITE_BEHIND queued, one being
+        produced, one being written plus its mapped file pages).
         """
         shape = tuple(tile_shape or self.tile_shape)
         b = batch_step or self.batch_step
@@ -109,11 +114,14 @@ class Plan:
         raw = slab * c.in_item
         converted = slab * c.compute_item
         full = b * self.filters * vfull * c.compute_item
-        workspace = self.filters * math.prod(self.kernel_size) * vin * c.compute_item
+        workspace = self.filters * math.prod(self.kernel_size) * vin * c.compute_item if c.unfold else 0
         out = b * self.filters * vout
-        tile = 2 * out * c.compute_item
+        tile = out * c.compute_item
         written = out * c.out_item
-        return (1 + READ_AHEAD) * raw + converted + full + workspace + tile + (1 + WRITE_BEHIND) * written
+        reading = (READ_AHEAD + 3) * raw
+        writing = (WRITE_BEHIND + 3) * written
+        # oneDNN computes into its own blocked layout and reorders: the uncropped output exists twice.
+        return reading + converted + 2 * full + workspace + tile + writing
 
 
 def make_plan(
