@@ -314,9 +314,11 @@ def execute(
                 errors.append(exc)
                 stop.set()
 
+        written: list[int] = []
+        written_lock = threading.Lock()
+        writing_done = threading.Event()
+
         def write_stage() -> None:
-            pending: list[int] = []
-            last = time.monotonic()
             try:
                 while True:
                     item = _get(q_out, stop)
@@ -325,23 +327,44 @@ def execute(
                     tile, data, buf = item
                     writer.write(out_layout.region(tile.out, tile.batch), data)
                     pool.free.put(buf)
-                    pending.append(tile.index)
+                    with written_lock:
+                        written.append(tile.index)
                     bar.update(tile.voxels)
                     if on_progress:
                         on_progress(tile.voxels)
-                    if time.monotonic() - last >= opts.flush_every:
-                        writer.flush()
-                        target.record(pending)
-                        pending, last = [], time.monotonic()
-                writer.flush()
-                target.record(pending)
             except _Stop:
                 pass
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
                 stop.set()
+            finally:
+                writing_done.set()
 
-        threads = [threading.Thread(target=read_stage, daemon=True), threading.Thread(target=write_stage, daemon=True)]
+        def checkpoint() -> None:
+            """Tiles whose writes returned, made durable, then journalled (in that order)."""
+            with written_lock:
+                batch = written[:]
+                del written[:]
+            if batch:
+                writer.flush()
+                target.record(batch)
+
+        def sync_stage() -> None:
+            # Off the writer's path: fsync waits for the disk while the next tiles are written.
+            try:
+                while not writing_done.wait(max(opts.flush_every, 0.001)):
+                    if stop.is_set():
+                        return
+                    checkpoint()
+            except BaseException as exc:  # noqa: BLE001
+                errors.append(exc)
+                stop.set()
+
+        threads = [
+            threading.Thread(target=read_stage, daemon=True),
+            threading.Thread(target=write_stage, daemon=True),
+            threading.Thread(target=sync_stage, daemon=True),
+        ]
         for t in threads:
             t.start()
         try:
@@ -373,6 +396,7 @@ def execute(
                         stop.set()
         if errors:
             raise errors[0]
+        checkpoint()
         writer.close()
         writer = None
         target.commit()
