@@ -70,6 +70,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", type=int, default=256, help="input edge length for the streaming run")
     ap.add_argument("--fit-size", type=int, default=96, help="input edge length for the in-memory run")
+    ap.add_argument("--mid-size", type=int, default=160, help="input edge for the file-to-file comparison")
     ap.add_argument("--memory-limit", default="256MiB")
     ap.add_argument("--workdir", type=Path, default=None, help="where the big files go (default: a temp dir)")
     args = ap.parse_args()
@@ -105,6 +106,31 @@ def main() -> None:
         _, mem_rss, out = run_child(_rss_wrapper(mem_code))
         mem_s, mem_elems = float(out.split()[0]), int(out.split()[1])
 
+        mid = tmp / "mid.npy"
+        np.save(mid, rng.standard_normal((args.mid_size,) * 3).astype(np.float32))
+        f2f_code = (
+            "import os, time, numpy as np, torch; from deconv3d_cli import LayerSpec;"
+            "from deconv3d_cli.engine import Engine, to_numpy;"
+            f"s = LayerSpec.from_yaml({str(spec)!r}); e = Engine(s, 1)\n"
+            "e.whole(np.zeros((1, 1, 4, 4, 4), np.float32))\n"
+            f"t = time.perf_counter(); x = np.load({str(mid)!r})[None, None]; y = to_numpy(e.whole(x))\n"
+            f"with open({str(tmp / 'mid_mem.npy')!r}, 'wb') as f:\n"
+            "    np.save(f, np.moveaxis(y[0], 0, -1)); f.flush(); os.fsync(f.fileno())\n"
+            "print(time.perf_counter() - t, y.size)"
+        )
+        _, f2f_rss, out = run_child(_rss_wrapper(f2f_code))
+        f2f_s, f2f_elems = float(out.split()[0]), int(out.split()[1])
+        (tmp / "mid_mem.npy").unlink()
+        mid_cli = (
+            "import sys; from deconv3d_cli.cli import main; sys.argv = ['deconv3d', 'upsample',"
+            f" {str(mid)!r}, '-o', {str(tmp / 'mid_up.npy')!r}, '--spec', {str(spec)!r}, '--memory-limit', "
+            f"{args.memory_limit!r}, '--no-progress', '--json', '--device', 'cpu']\n"
+            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code"
+        )
+        _, mid_rss, out = run_child(_rss_wrapper(mid_cli))
+        mid_s = json.loads(out)["seconds"]
+        (tmp / "mid_up.npy").unlink()
+
         out_path = tmp / "big_up.npy"
         cli = (
             "import sys; from deconv3d_cli.cli import main; sys.argv = ['deconv3d', 'upsample',"
@@ -137,6 +163,14 @@ def main() -> None:
             "peak_rss_over_footprint": stream_rss - footprint,
         },
         "ratio_streaming_over_in_memory": stream_rate / mem_rate,
+        "file_to_file": {
+            "input": [args.mid_size] * 3,
+            "in_memory_seconds": f2f_s,
+            "in_memory_peak_rss": f2f_rss,
+            "streaming_seconds": mid_s,
+            "streaming_peak_rss": mid_rss,
+            "ratio": f2f_s / mid_s,
+        },
     }
     (RESULTS / "stream.json").write_text(json.dumps(rows, indent=2))
     print(f"layer: 1 -> {LAYER['filters']} channels, k{LAYER['kernel_size']} s{LAYER['strides']} {LAYER['padding']}")
@@ -153,7 +187,12 @@ def main() -> None:
         f"  peak RSS {format_bytes(stream_rss)} = footprint + {format_bytes(stream_rss - footprint)} "
         f"(budget {format_bytes(budget)}: {'within' if stream_rss - footprint <= budget else 'OVER'})"
     )
-    print(f"  throughput ratio streaming / in-memory: {stream_rate / mem_rate:.2f}x (target >= 0.9x)")
+    print(f"  throughput ratio streaming / in-memory engine: {stream_rate / mem_rate:.2f}x (target >= 0.9x)")
+    print(
+        f"file to file, {args.mid_size}^3 ({format_bytes(f2f_elems * 4)} out): load + whole-volume engine + save "
+        f"{f2f_s:.2f} s (peak RSS {format_bytes(f2f_rss)}) vs streaming {mid_s:.2f} s "
+        f"(peak RSS {format_bytes(mid_rss)}): {f2f_s / mid_s:.2f}x"
+    )
 
 
 if __name__ == "__main__":
