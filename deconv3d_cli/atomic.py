@@ -4,6 +4,10 @@ The target is never touched until the output is complete: the data goes to `.par
 same directory (same filesystem, so the final `os.replace` is atomic), and `.partial-NAME.journal`
 records which tiles are durably on disk, so a killed run can be resumed. A lock on the journal keeps
 two processes from writing the same output.
+
+An output may be a directory (a Zarr store): the partial is then a directory, removed as a tree, and
+the commit renames it onto the target; an existing target (`--overwrite`) is first renamed aside and
+removed only after the new one is in place, so the target is never half-written.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -18,6 +23,7 @@ from typing import Any
 from .errors import InputError
 
 PARTIAL_PREFIX = ".partial-"
+REPLACED_PREFIX = ".replaced-"
 
 
 def partial_path(target: Path) -> Path:
@@ -34,6 +40,35 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove(path: Path) -> None:
+    """Remove a file or a directory tree (a Zarr store); nothing if it is not there."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+        if path.exists():  # a file appeared while removing (a straggling writer): once more
+            shutil.rmtree(path)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def replace(src: Path, dst: Path) -> None:
+    """Move `src` onto `dst` atomically for files; for directories, rename the old one aside first."""
+    if not (src.is_dir() or (dst.is_dir() and not dst.is_symlink())):
+        os.replace(src, dst)
+        return
+    if not os.path.lexists(dst):
+        os.rename(src, dst)
+        return
+    aside = dst.with_name(REPLACED_PREFIX + dst.name)
+    remove(aside)
+    os.rename(dst, aside)
+    try:
+        os.rename(src, dst)
+    except BaseException:
+        os.rename(aside, dst)
+        raise
+    remove(aside)
 
 
 def same_file(a: Path, b: Path) -> bool:
@@ -93,8 +128,7 @@ class OutputTarget:
         os.lseek(fd, 0, os.SEEK_SET)
         os.write(fd, (json.dumps(self.header, sort_keys=True) + "\n").encode())
         os.fsync(fd)
-        if self.partial.exists():
-            self.partial.unlink()
+        remove(self.partial)
         return False
 
     def record(self, tiles: Iterable[int]) -> None:
@@ -107,16 +141,13 @@ class OutputTarget:
         self.done.update(tiles)
 
     def commit(self) -> None:
-        os.replace(self.partial, self.target)
+        replace(self.partial, self.target)
         fsync_dir(self.target.parent)
         self._remove_journal()
 
     def abort(self) -> None:
         """Remove the partial output and the journal; the target stays as it was."""
-        try:
-            self.partial.unlink()
-        except FileNotFoundError:
-            pass
+        remove(self.partial)
         self._remove_journal()
 
     def _remove_journal(self) -> None:
@@ -130,6 +161,15 @@ class OutputTarget:
         if self._journal_fd is not None:
             os.close(self._journal_fd)
             self._journal_fd = None
+
+
+def journal_header(target: Path) -> dict[str, Any] | None:
+    """The header of a partial output's journal, if there is a readable one."""
+    try:
+        with open(journal_path(Path(target)), "rb") as f:
+            return json.loads(f.readline())
+    except (OSError, ValueError):
+        return None
 
 
 def _read_journal(fd: int) -> tuple[dict[str, Any] | None, set[int]]:

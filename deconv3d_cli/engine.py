@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from . import activations
+from . import activations, allocator, paths
 from .errors import SpecError
 from .layout import CHANNELS_FIRST
 from .spec import LayerSpec
@@ -58,6 +57,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[key]
 
 
+_CHOSEN: dict[tuple, str] = {}
+
+
 class Engine:
     """A layer bound to a device, a compute precision and an input channel count."""
 
@@ -67,6 +69,7 @@ class Engine:
         in_channels: int,
         device: str | torch.device = "cpu",
         precision: str = "fp32",
+        path: str = "auto",
     ) -> None:
         self.spec = spec
         self.in_channels = int(in_channels)
@@ -84,6 +87,74 @@ class Engine:
         )
         # Keras applies softmax on the tensor's last axis: channels for channels_last, width otherwise.
         self.softmax_dim = 4 if spec.data_format == CHANNELS_FIRST else 1
+        if self.device.type == "cpu":
+            allocator.keep_freed_memory()
+        self.timings: dict[str, float] = {}
+        self._pweight: torch.Tensor | None = None
+        self.path: str | None = None
+        if path != "auto":
+            self.force_path(path)
+
+    # ------------------------------------------------------------------ formulations
+    def available_paths(self) -> tuple[str, ...]:
+        """Phase decomposition needs dilation 1 (dilation > 1 comes with stride 1 anyway)."""
+        if self.spec.dilation_rate != (1, 1, 1):
+            return ("transpose", "transpose_cl")
+        return paths.PATHS
+
+    def force_path(self, name: str) -> None:
+        if name not in self.available_paths():
+            raise SpecError(f"engine path {name!r} is not available here; use {', '.join(self.available_paths())}")
+        self.path = name
+
+    def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        s = self.spec
+        if name.startswith("transpose"):
+            return paths.transpose(x, self.weight, s.strides, s.dilation_rate, cl=name.endswith("_cl"))
+        if self._pweight is None:
+            self._pweight = paths.phase_weight(self.weight, s.strides)
+        return paths.phase(x, self._pweight, s.strides, s.filters, cl=name.endswith("_cl"))
+
+    def choose_path(self, x: torch.Tensor | Sequence[int]) -> str:
+        """Time every formulation on a small crop of the first slab (or a slab shape) and keep the fastest."""
+        if not isinstance(x, torch.Tensor):
+            x = torch.zeros(tuple(x), device=self.device, dtype=self.dtype)
+        proxy = x[:1, :, :24, :24, :24].contiguous()
+        s = self.spec
+        key = (
+            s.kernel_size,
+            s.strides,
+            s.dilation_rate,
+            s.filters,
+            self.in_channels,
+            str(self.device),
+            self.dtype,
+            tuple(proxy.shape),
+        )
+        if key in _CHOSEN:  # one decision per shape and process: repeated calls agree to the last bit
+            self.path = _CHOSEN[key]
+            return self.path
+        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+
+        def timed(name: str):
+            def run():
+                y = self._run(name, proxy)
+                sync()
+                return y
+
+            return run
+
+        with torch.inference_mode():
+            self.path, self.timings = paths.fastest({name: timed(name) for name in self.available_paths()})
+        _CHOSEN[key] = self.path
+        return self.path
+
+    def full(self, x: torch.Tensor) -> torch.Tensor:
+        """The uncropped transposed convolution of slab `x` (extra trailing positions are zero)."""
+        with torch.inference_mode():
+            if self.path is None:
+                self.choose_path(x)
+            return self._run(self.path, x)
 
     @property
     def out_numpy_dtype(self) -> np.dtype:
@@ -114,11 +185,7 @@ class Engine:
         if any(v == 0 for v in x.shape[2:]):
             y = torch.zeros((n, f, *sizes), device=self.device, dtype=self.dtype)
         else:
-            with torch.inference_mode():
-                full = F.conv_transpose3d(
-                    x, self.weight, None, stride=self.spec.strides, dilation=self.spec.dilation_rate
-                )
-            y = _window(full, offsets, sizes)
+            y = _window(self.full(x), offsets, sizes)
         with torch.inference_mode():
             if self.bias is not None:
                 y = y.add_(self.bias)

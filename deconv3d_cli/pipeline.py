@@ -22,11 +22,11 @@ import numpy as np
 
 from . import boundary
 from . import io as vio
-from .atomic import OutputTarget, same_file
+from .atomic import OutputTarget, journal_header, same_file
 from .errors import InputError
 from .layout import Layout
 from .spec import LayerSpec
-from .tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, make_plan
+from .tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, Tile, make_plan
 
 FLOAT_DTYPES = ("float32", "float64", "float16")
 
@@ -47,6 +47,8 @@ class Options:
     boundary: str = "zeros"
     fourth_axis: str = "auto"  # NIfTI's 4th axis: auto, channels or series (see io/nifti.py)
     writer_options: dict[str, Any] = field(default_factory=dict)
+    # A Dask scheduler address or local[:N]: distributed.py runs the plan as Dask tasks (None: threads here).
+    scheduler: str | None = None
 
 
 @dataclass
@@ -129,8 +131,11 @@ def resolve_output_dtype(name: str, input_dtype: np.dtype) -> np.dtype:
 SpecSource = LayerSpec | Callable[[int], LayerSpec]
 
 
-def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options) -> Prepared:
-    """Open the input and plan the job. `spec` may be a factory of the input's channel count (presets)."""
+def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options, reader: Any = None) -> Prepared:
+    """Open the input and plan the job. `spec` may be a factory of the input's channel count (presets).
+
+    `reader` replaces opening `input_path` (distributed.py's virtual input for `--dry-run --input-shape`).
+    """
     input_path, output_path = Path(input_path), Path(output_path)
     if output_path.exists() and same_file(input_path, output_path) or input_path.resolve() == output_path.resolve():
         raise InputError("output is the input file; choose another output path", source=str(output_path))
@@ -139,7 +144,8 @@ def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options
     in_channels = None  # a preset (a factory of the channel count) takes any number of channels
     if isinstance(spec, LayerSpec):
         in_channels = spec.kernel.shape[4] if spec.kernel is not None else spec.in_channels
-    reader = vio.open_reader(input_path, opts.dataset, fourth_axis=opts.fourth_axis, in_channels=in_channels)
+    if reader is None:
+        reader = vio.open_reader(input_path, opts.dataset, fourth_axis=opts.fourth_axis, in_channels=in_channels)
     try:
         if len(reader.shape) not in (3, 4, 5):
             raise InputError(
@@ -265,6 +271,47 @@ def _store(y: Any, host: np.ndarray) -> int:
     return clipped
 
 
+# ------------------------------------------------------------------------------------- one tile
+# The three steps of one tile, the only place they are written: execute() below runs them on its
+# reader thread, the calling thread and its writer thread; distributed.py runs process_tile() as one
+# Dask task (with `job.reader` None: each task opens its own reader and writer).
+
+
+def read_tile(job: Prepared, reader: Any, tile: Tile) -> np.ndarray:
+    """The input slab of `tile` as (N, C, D, H, W), boundary extension included."""
+    raw = boundary.read_slab(reader.read, job.in_layout, tile.src, tile.batch, job.plan.axes, job.boundary)
+    return job.in_layout.to_ncdhw(raw)
+
+
+def compute_tile(
+    job: Prepared, engine: Any, slab: Any, tile: Tile, alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None
+) -> tuple[np.ndarray, int]:
+    """The output tile in the stored dtype and axis order, and how many voxels were clipped to it.
+
+    `alloc(shape)` gives the host array to fill (execute's recycled buffers); a fresh one by default.
+    """
+    filters = job.spec.filters
+    y = engine.tile(slab, tile.offsets, tile.sizes).permute(job.in_layout.ncdhw_order(filters))
+    # One compact array in the stored order (torch's copy is multi-threaded); the slab's uncropped
+    # output is freed when this returns, before the next tile.
+    host = np.empty(tuple(y.shape), job.out_dtype) if alloc is None else alloc(tuple(y.shape))
+    clipped = _store(y, host)
+    return job.in_layout.squeeze_ncdhw(host, filters), clipped
+
+
+def write_tile(job: Prepared, writer: Any, tile: Tile, data: np.ndarray) -> None:
+    writer.write(job.out_layout.region(tile.out, tile.batch), data)
+
+
+def process_tile(job: Prepared, reader: Any, writer: Any, engine: Any, tile: Tile) -> int:
+    """Read, compute and write one tile in the calling thread; returns the clipped voxel count."""
+    slab = read_tile(job, reader, tile)
+    data, clipped = compute_tile(job, engine, slab, tile)
+    del slab
+    write_tile(job, writer, tile, data)
+    return clipped
+
+
 def execute(
     job: Prepared,
     engine: Any,
@@ -272,15 +319,25 @@ def execute(
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Compute every tile of the plan into a partial file, then atomically move it onto the target."""
-    target = OutputTarget(job.output, job.header(), overwrite=opts.overwrite, resume=opts.resume)
+    # The engine's formulation is part of what must match on --resume: paths differ in rounding, and a
+    # resumed file must equal an uninterrupted run bit for bit.
+    earlier = journal_header(job.output) if opts.resume else None
+    if earlier and earlier.get("engine_path") in engine.available_paths():
+        engine.force_path(earlier["engine_path"])
+    elif engine.path is None:
+        first = next(iter(job.plan.tiles()))
+        engine.choose_path(
+            (first.batch.stop - first.batch.start, engine.in_channels, *(max(s.stop - s.start, 1) for s in first.src))
+        )
+    header = {**job.header(), "engine_path": engine.path}
+    target = OutputTarget(job.output, header, overwrite=opts.overwrite, resume=opts.resume)
     resumed = target.open()
     writer = None
     stop = threading.Event()
     errors: list[BaseException] = []
     clipped = [0]
-    plan, in_layout, out_layout = job.plan, job.in_layout, job.out_layout
+    plan, out_layout = job.plan, job.out_layout
     filters = job.spec.filters
-    in_order = in_layout.ncdhw_order(filters)
     todo = [t for t in plan.tiles() if t.index not in target.done]
     skipped_voxels = sum(t.voxels for t in plan.tiles() if t.index in target.done) if resumed else 0
     started = time.perf_counter()
@@ -305,8 +362,7 @@ def execute(
         def read_stage() -> None:
             try:
                 for tile in todo:
-                    raw = boundary.read_slab(job.reader.read, in_layout, tile.src, tile.batch, plan.axes, opts.boundary)
-                    _put(q_in, (tile, in_layout.to_ncdhw(raw)), stop)
+                    _put(q_in, (tile, read_tile(job, job.reader, tile)), stop)
                 _put(q_in, None, stop)
             except _Stop:
                 pass
@@ -325,7 +381,7 @@ def execute(
                     if item is None:
                         break
                     tile, data, buf = item
-                    writer.write(out_layout.region(tile.out, tile.batch), data)
+                    write_tile(job, writer, tile, data)
                     pool.free.put(buf)
                     with written_lock:
                         written.append(tile.index)
@@ -367,21 +423,23 @@ def execute(
         ]
         for t in threads:
             t.start()
+        held: list[np.ndarray] = []
+
+        def recycled(shape: tuple[int, ...]) -> np.ndarray:
+            held.append(_get(pool.free, stop))
+            return pool.view(held[-1], shape, job.out_dtype)
+
         try:
             while True:
                 item = _get(q_in, stop)
                 if item is None:
                     break
                 tile, slab = item
-                y = engine.tile(slab, tile.offsets, tile.sizes).permute(in_order)
+                del item
+                data, n_clipped = compute_tile(job, engine, slab, tile, recycled)
                 del slab
-                # One compact array in the stored order, in a recycled buffer (torch's copy is
-                # multi-threaded); the slab's uncropped output is freed before the next tile.
-                buf = _get(pool.free, stop)
-                host = pool.view(buf, tuple(y.shape), job.out_dtype)
-                clipped[0] += _store(y, host)
-                del y
-                _put(q_out, (tile, in_layout.squeeze_ncdhw(host, filters), buf), stop)
+                clipped[0] += n_clipped
+                _put(q_out, (tile, data, held.pop()), stop)
             _put(q_out, None, stop)
         except _Stop:
             pass
@@ -423,6 +481,7 @@ def execute(
         resumed_tiles=len(target.done) - len(todo) if resumed else 0,
         clipped_voxels=clipped[0],
         device=str(engine.device),
+        engine_path=engine.path,
     )
     return result
 

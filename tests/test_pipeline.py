@@ -142,7 +142,7 @@ def test_resume_refuses_another_spec(tmp_path):
     job = prepare(spec, tmp_path / "in.npy", target, Options(tile=(4, 4, 4), progress=False))
     from deconv3d_cli.atomic import OutputTarget
 
-    t = OutputTarget(target, job.header())
+    t = OutputTarget(target, {**job.header(), "engine_path": "transpose"})
     t.open()
     partial_path(target).write_bytes(b"x")
     t.record([0, 1])

@@ -1,0 +1,75 @@
+"""Ways to compute the uncropped transposed convolution, all exact; the engine picks the fastest.
+
+- `transpose`: torch's conv_transpose3d on a contiguous input.
+- `transpose_cl`: the same on a channels_last_3d input (oneDNN's faster path for many channels).
+- `phase` / `phase_cl`: sub-pixel decomposition. Output position q*s + r only sees taps r, r + s, ...
+  of the kernel, so all s_d*s_h*s_w phases are one forward conv3d with F*s^3 output channels and a
+  ceil(k/s) kernel, followed by a depth-to-space shuffle. When k <= s this is a single GEMM; torch's
+  transposed convolution is much slower there. Phases with fewer taps are zero-padded, so k = 3, s = 2
+  wastes work and usually loses: hence the measurement.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+PATHS = ("transpose", "transpose_cl", "phase", "phase_cl")
+
+
+def transpose(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], dilation: Sequence[int], cl: bool):
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return F.conv_transpose3d(x, weight, None, stride=tuple(stride), dilation=tuple(dilation))
+
+
+def phase_weight(weight: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
+    """(C, F, kd, kh, kw) transposed-conv weight -> (F*sd*sh*sw, C, K'd, K'h, K'w) conv3d weight.
+
+    Phase r of an axis uses taps t = r + m*s; conv3d correlates, so tap m lands at K' - 1 - m.
+    """
+    c, f, *k = weight.shape
+    s = list(stride)
+    kp = [-(-kk // ss) for kk, ss in zip(k, s)]
+    w = weight.new_zeros((f, *s, c, *kp))
+    src = weight.permute(1, 0, 2, 3, 4)  # (F, C, kd, kh, kw)
+    for rd in range(s[0]):
+        for rh in range(s[1]):
+            for rw in range(s[2]):
+                td, th, tw = (list(range(r, kk, ss)) for r, kk, ss in zip((rd, rh, rw), k, s))
+                if not (len(td) and len(th) and len(tw)):
+                    continue
+                block = src[:, :, td][:, :, :, th][:, :, :, :, tw].flip(2, 3, 4)
+                w[:, rd, rh, rw, :, kp[0] - len(td) :, kp[1] - len(th) :, kp[2] - len(tw) :] = block
+    return w.reshape(f * s[0] * s[1] * s[2], c, *kp).contiguous()
+
+
+def phase(x: torch.Tensor, pweight: torch.Tensor, stride: Sequence[int], filters: int, cl: bool) -> torch.Tensor:
+    """Full output (length (Q)*s >= (I-1)*s + k per axis; the extra tail is exactly zero)."""
+    kp = pweight.shape[2:]
+    if any(k > 1 for k in kp):
+        x = F.pad(x, [p for k in reversed(kp) for p in (k - 1, k - 1)])
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    y = F.conv3d(x, pweight)
+    n, q = y.shape[0], y.shape[2:]
+    s = list(stride)
+    y = y.view(n, filters, s[0], s[1], s[2], *q).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    return y.reshape(n, filters, q[0] * s[0], q[1] * s[1], q[2] * s[2])
+
+
+def fastest(candidates: dict[str, Callable[[], torch.Tensor]], repeats: int = 3) -> tuple[str, dict[str, float]]:
+    """Name of the candidate with the lowest median time (after one warm-up call each)."""
+    timings = {}
+    for name, fn in candidates.items():
+        fn()
+        ts = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        timings[name] = sorted(ts)[len(ts) // 2]
+    return min(timings, key=timings.get), timings
