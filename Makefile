@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(BIN)/python -m pip install -q -e '.[test,dask]'
 	touch $(STAMP)
 
 demo: install
@@ -32,8 +32,12 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
 	$(BIN)/ruff check deconv3d_cli tests benchmarks
 
+# Peers (tensorflow-cpu, tf-keras, SimpleITK, scipy) come from the `bench` extra, installed here only.
 bench: install
+	$(BIN)/python -m pip install -q -e '.[bench]'
+	$(BIN)/python benchmarks/run.py
 	$(BIN)/python benchmarks/stream_bench.py
+	$(BIN)/python benchmarks/batch_bench.py
 
 lint: install
 	$(BIN)/ruff check deconv3d_cli tests benchmarks
