@@ -85,13 +85,13 @@ def work_layer(impl: str, c, repeats: int, tmp: Path) -> float | None:
     cin, f, k, s, pad, e = c
     x, kernel, bias = _arrays(c)
     if impl == "engine":
-        from deconv3d_cli import LayerSpec
-        from deconv3d_cli.engine import Engine
+        from deconv3d_cli import Conv3DTranspose
 
-        spec = LayerSpec.create(filters=f, kernel_size=k, strides=s, padding=pad, kernel=kernel, bias=bias)
-        engine = Engine(spec, cin)
-        xt = np.ascontiguousarray(np.moveaxis(x, -1, 1))
-        return _median_ms(lambda: engine.whole(xt), repeats)
+        # The public API as a user calls it: channels_last numpy in, numpy out, like the tf.keras layer.
+        layer = Conv3DTranspose(f, k, strides=s, padding=pad)
+        layer.build(x.shape)
+        layer.set_weights([kernel, bias])
+        return _median_ms(lambda: layer(x), repeats)
     if impl == "tool":
         from deconv3d_cli import LayerSpec
         from deconv3d_cli.pipeline import Options, run_job

@@ -58,6 +58,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 _CHOSEN: dict[tuple, str] = {}
+PROXY = 40  # edge of the slab crop timed when choosing a path (smaller crops mispredicted)
 
 
 class Engine:
@@ -109,17 +110,18 @@ class Engine:
 
     def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
         s = self.spec
+        bias = None if self.bias is None else self.bias.view(-1)
         if name.startswith("transpose"):
-            return paths.transpose(x, self.weight, s.strides, s.dilation_rate, cl=name.endswith("_cl"))
+            return paths.transpose(x, self.weight, bias, s.strides, s.dilation_rate, cl=name.endswith("_cl"))
         if self._pweight is None:
             self._pweight = paths.phase_weight(self.weight, s.strides)
-        return paths.phase(x, self._pweight, s.strides, s.filters, cl=name.endswith("_cl"))
+        return paths.phase(x, self._pweight, bias, s.strides, s.filters, cl=name.endswith("_cl"))
 
     def choose_path(self, x: torch.Tensor | Sequence[int]) -> str:
         """Time every formulation on a small crop of the first slab (or a slab shape) and keep the fastest."""
         if not isinstance(x, torch.Tensor):
             x = torch.zeros(tuple(x), device=self.device, dtype=self.dtype)
-        proxy = x[:1, :, :24, :24, :24].contiguous()
+        proxy = x[:1, :, :PROXY, :PROXY, :PROXY].contiguous()
         s = self.spec
         key = (
             s.kernel_size,
@@ -150,7 +152,7 @@ class Engine:
         return self.path
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
-        """The uncropped transposed convolution of slab `x` (extra trailing positions are zero)."""
+        """The uncropped transposed convolution of slab `x`, bias added (extra trailing positions: bias only)."""
         with torch.inference_mode():
             if self.path is None:
                 self.choose_path(x)
@@ -168,7 +170,11 @@ class Engine:
             raise SpecError(f"input has dtype {arr.dtype}; a numeric array is needed")
         if arr.dtype.kind == "b" or arr.dtype.byteorder not in ("=", "|") or arr.dtype not in (np.float32, np.float64):
             arr = arr.astype(np.float64 if self.dtype == torch.float64 else np.float32)
-        return torch.from_numpy(np.ascontiguousarray(arr)).to(self.device, self.dtype)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        # No forced contiguity: a channels_last array arrives as a channels_last_3d tensor, which is
+        # what the fastest paths want anyway.
+        return torch.from_numpy(arr).to(self.device, self.dtype)
 
     def tile(self, slab: Any, offsets: Sequence[int], sizes: Sequence[int]) -> torch.Tensor:
         """Output positions [offset, offset + size) of the slab's full output, per axis, in (N, F, d, h, w).
@@ -182,14 +188,17 @@ class Engine:
         n, f = x.shape[0], self.spec.filters
         sizes = tuple(int(v) for v in sizes)
         offsets = tuple(int(v) for v in offsets)
-        if any(v == 0 for v in x.shape[2:]):
-            y = torch.zeros((n, f, *sizes), device=self.device, dtype=self.dtype)
-        else:
-            y = _window(self.full(x), offsets, sizes)
         with torch.inference_mode():
-            if self.bias is not None:
-                y = y.add_(self.bias)
+            if any(v == 0 for v in x.shape[2:]):
+                y = self._bias_only((n, f, *sizes))
+            else:
+                # The bias is fused into the convolution; positions outside its output get it here.
+                y = _window(self.full(x), offsets, sizes, self._bias_only)
             return activations.apply(self.spec.activation, y, self.softmax_dim)
+
+    def _bias_only(self, shape: tuple[int, ...]) -> torch.Tensor:
+        y = torch.zeros(shape, device=self.device, dtype=self.dtype)
+        return y if self.bias is None else y.add_(self.bias)
 
     def whole(self, x: Any) -> torch.Tensor:
         """The layer on a whole (N, C, D, H, W) volume."""
@@ -198,12 +207,12 @@ class Engine:
         return self.tile(x, [ax.crop for ax in axes], [ax.out for ax in axes])
 
 
-def _window(full: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
-    """full[..., o:o+n] per axis, zero where the window runs outside `full`."""
+def _window(full: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...], fill: Any) -> torch.Tensor:
+    """full[..., o:o+n] per axis; where the window runs outside `full`, `fill(shape)`'s values."""
     lengths = full.shape[2:]
     if all(o >= 0 and o + n <= L for o, n, L in zip(offsets, sizes, lengths)):
         return full[(..., *(slice(o, o + n) for o, n in zip(offsets, sizes)))]
-    out = full.new_zeros((*full.shape[:2], *sizes))
+    out = fill((*full.shape[:2], *sizes))
     src, dst = [], []
     for o, n, L in zip(offsets, sizes, lengths):
         lo, hi = max(o, 0), min(o + n, L)

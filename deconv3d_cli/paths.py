@@ -20,10 +20,17 @@ import torch.nn.functional as F
 PATHS = ("transpose", "transpose_cl", "phase", "phase_cl")
 
 
-def transpose(x: torch.Tensor, weight: torch.Tensor, stride: Sequence[int], dilation: Sequence[int], cl: bool):
+def transpose(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    dilation: Sequence[int],
+    cl: bool,
+) -> torch.Tensor:
     if cl:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    return F.conv_transpose3d(x, weight, None, stride=tuple(stride), dilation=tuple(dilation))
+    return F.conv_transpose3d(x, weight, bias, stride=tuple(stride), dilation=tuple(dilation))
 
 
 def phase_weight(weight: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
@@ -47,17 +54,30 @@ def phase_weight(weight: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
     return w.reshape(f * s[0] * s[1] * s[2], c, *kp).contiguous()
 
 
-def phase(x: torch.Tensor, pweight: torch.Tensor, stride: Sequence[int], filters: int, cl: bool) -> torch.Tensor:
-    """Full output (length (Q)*s >= (I-1)*s + k per axis; the extra tail is exactly zero)."""
+def phase(
+    x: torch.Tensor,
+    pweight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    filters: int,
+    cl: bool,
+) -> torch.Tensor:
+    """Full output (length Q*s >= (I-1)*s + k per axis; the extra tail holds the bias only)."""
     kp = pweight.shape[2:]
     if any(k > 1 for k in kp):
         x = F.pad(x, [p for k in reversed(kp) for p in (k - 1, k - 1)])
     if cl:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    y = F.conv3d(x, pweight)
-    n, q = y.shape[0], y.shape[2:]
     s = list(stride)
-    y = y.view(n, filters, s[0], s[1], s[2], *q).permute(0, 1, 5, 2, 6, 3, 7, 4)
+    if bias is not None:  # every phase of filter f carries bias[f]
+        bias = bias.repeat_interleave(s[0] * s[1] * s[2])
+    y = F.conv3d(x, pweight, bias)
+    n, q = y.shape[0], y.shape[2:]
+    y = y.reshape(n, filters, s[0], s[1], s[2], *q)
+    if cl:  # shuffle straight into channels_last order: (N, D, H, W, F) memory, viewed as NCDHW
+        y = y.permute(0, 5, 2, 6, 3, 7, 4, 1).reshape(n, q[0] * s[0], q[1] * s[1], q[2] * s[2], filters)
+        return y.permute(0, 4, 1, 2, 3)
+    y = y.permute(0, 1, 5, 2, 6, 3, 7, 4)
     return y.reshape(n, filters, q[0] * s[0], q[1] * s[1], q[2] * s[2])
 
 
