@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import activations, allocator, paths
-from .errors import SpecError
+from . import activations, allocator, geometry, paths
+from .errors import RunError, SpecError
 from .layout import CHANNELS_FIRST
 from .spec import LayerSpec
 
@@ -91,6 +91,9 @@ class Engine:
         if self.device.type == "cpu":
             allocator.keep_freed_memory()
         self.timings: dict[str, float] = {}
+        self.splits = 0  # tiles halved after running out of memory
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # tiles repeat shapes: let cuDNN pick its algorithms once
         self._pweight: torch.Tensor | None = None
         self.path: str | None = None
         if path != "auto":
@@ -185,16 +188,48 @@ class Engine:
         x = self.to_tensor(slab)
         if x.ndim != 5 or x.shape[1] != self.in_channels:
             raise SpecError(f"slab of shape {tuple(x.shape)} does not have {self.in_channels} channel(s) on axis 1")
-        n, f = x.shape[0], self.spec.filters
         sizes = tuple(int(v) for v in sizes)
         offsets = tuple(int(v) for v in offsets)
         with torch.inference_mode():
-            if any(v == 0 for v in x.shape[2:]):
-                y = self._bias_only((n, f, *sizes))
-            else:
-                # The bias is fused into the convolution; positions outside its output get it here.
-                y = _window(self.full(x), offsets, sizes, self._bias_only)
-            return activations.apply(self.spec.activation, y, self.softmax_dim)
+            return self._tile_or_split(x, offsets, sizes)
+
+    def _tile_once(self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
+        if any(v == 0 for v in x.shape[2:]):
+            y = self._bias_only((x.shape[0], self.spec.filters, *sizes))
+        else:
+            # The bias is fused into the convolution; positions outside its output get it here.
+            y = _window(self.full(x), offsets, sizes, self._bias_only)
+        return activations.apply(self.spec.activation, y, self.softmax_dim)
+
+    def _tile_or_split(self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
+        """Out of device memory: halve the tile along its longest axis and assemble on the host.
+
+        The halves read the slab rows geometry.slab_rows gives, so the result is the same tile; the
+        width axis is never split when softmax mixes it. Only a one-voxel tile that still fails is an error.
+        """
+        try:
+            return self._tile_once(x, offsets, sizes)
+        except (MemoryError, torch.OutOfMemoryError) as exc:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            axes = [a for a in range(3) if sizes[a] > 1 and not (a == 2 and self.spec.mixes_width)]
+            if not axes:
+                raise RunError(
+                    f"out of {'device ' if self.device.type == 'cuda' else ''}memory even for a one-voxel tile "
+                    f"({exc}); lower --memory-limit or use another device"
+                ) from None
+            a = max(axes, key=lambda i: sizes[i])
+            self.splits += 1
+            s, k = self.spec.strides[a], geometry.effective_kernel(self.spec.kernel_size[a], self.spec.dilation_rate[a])
+            out = torch.empty((x.shape[0], self.spec.filters, *sizes), dtype=self.dtype)
+            half = sizes[a] // 2
+            for lo, hi in ((0, half), (half, sizes[a])):
+                rows = geometry.slab_rows(offsets[a] + lo, hi - lo, s, k, x.shape[2 + a])
+                sub = x.narrow(2 + a, rows.lo, rows.size)
+                sub_offsets = tuple(rows.offset if i == a else o for i, o in enumerate(offsets))
+                sub_sizes = tuple(hi - lo if i == a else n for i, n in enumerate(sizes))
+                out.narrow(2 + a, lo, hi - lo).copy_(self._tile_or_split(sub, sub_offsets, sub_sizes))
+            return out
 
     def _bias_only(self, shape: tuple[int, ...]) -> torch.Tensor:
         y = torch.zeros(shape, device=self.device, dtype=self.dtype)

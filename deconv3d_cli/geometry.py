@@ -14,6 +14,9 @@ import numpy as np
 
 VALID = "valid"
 SAME = "same"
+# PyTorch's ConvTranspose3d padding (a documented extension of the spec format): `pad` voxels are
+# cropped from each end of the full output. Keras has no such mode; see SEMANTICS.md and the README.
+EXPLICIT = "explicit"
 
 
 def effective_kernel(kernel: int, dilation: int) -> int:
@@ -35,9 +38,12 @@ def output_length(
     padding: str,
     output_padding: int | None = None,
     dilation: int = 1,
+    pad: int = 0,
 ) -> int:
-    """Keras's `deconv_output_length` with dilation, as TensorFlow evaluates it."""
+    """Keras's `deconv_output_length` with dilation, as TensorFlow evaluates it (torch's for EXPLICIT)."""
     k_eff = effective_kernel(kernel, dilation)
+    if padding == EXPLICIT:
+        return explicit_output_length(length, kernel, stride, pad, output_padding, dilation)
     if output_padding is None:
         if padding == VALID:
             return length * stride + max(k_eff - stride, 0)
@@ -47,10 +53,21 @@ def output_length(
     return (length - 1) * stride + k_eff - 2 * (k_eff // 2) + output_padding
 
 
-def crop_offset(length: int, kernel: int, stride: int, padding: str, out_length: int, dilation: int = 1) -> int:
+def explicit_output_length(
+    length: int, kernel: int, stride: int, pad: int, output_padding: int | None = None, dilation: int = 1
+) -> int:
+    """PyTorch's ConvTranspose3d: (I - 1)*s - 2p + d*(k - 1) + op + 1, i.e. the full output cropped by p per side."""
+    return (length - 1) * stride - 2 * pad + effective_kernel(kernel, dilation) + (output_padding or 0)
+
+
+def crop_offset(
+    length: int, kernel: int, stride: int, padding: str, out_length: int, dilation: int = 1, pad: int = 0
+) -> int:
     """First full-output position that lands on output 0 (TF puts the odd element at the end)."""
     if padding == VALID:
         return 0
+    if padding == EXPLICIT:
+        return pad  # torch crops p at the start; output_padding only lengthens the end
     return max(full_length(length, kernel, stride, dilation) - out_length, 0) // 2
 
 
@@ -68,6 +85,8 @@ class Axis:
     # implicit zeros. Output length and crop stay those of the unextended input: only the rows read move.
     pad_lo: int = 0
     pad_hi: int = 0
+    # With padding EXPLICIT: torch's symmetric crop p (voxels removed from each end of the full output).
+    pad: int = 0
 
     @property
     def k_eff(self) -> int:
@@ -79,11 +98,13 @@ class Axis:
 
     @property
     def out(self) -> int:
-        return output_length(self.length, self.kernel, self.stride, self.padding, self.output_padding, self.dilation)
+        return output_length(
+            self.length, self.kernel, self.stride, self.padding, self.output_padding, self.dilation, self.pad
+        )
 
     @property
     def crop(self) -> int:
-        return crop_offset(self.length, self.kernel, self.stride, self.padding, self.out, self.dilation)
+        return crop_offset(self.length, self.kernel, self.stride, self.padding, self.out, self.dilation, self.pad)
 
     @property
     def halo(self) -> int:
@@ -110,12 +131,21 @@ class Axis:
         """
         if not 0 <= start < stop <= self.out:
             raise ValueError(f"output range [{start}, {stop}) outside [0, {self.out})")
-        c, s, k = self.crop + self.pad_lo * self.stride, self.stride, self.k_eff
-        i0 = max(-((k - 1 - start - c) // s), 0)  # ceil((start + c - k + 1) / s)
-        i1 = min((stop - 1 + c) // s, self.length + self.pad_lo + self.pad_hi - 1)
-        if i1 < i0:
-            return SlabRange(0, 0, 0)
-        return SlabRange(i0, i1 + 1, start + c - i0 * s)
+        first = start + self.crop + self.pad_lo * self.stride
+        return slab_rows(first, stop - start, self.stride, self.k_eff, self.length + self.pad_lo + self.pad_hi)
+
+
+def slab_rows(first: int, size: int, stride: int, k_eff: int, length: int) -> SlabRange:
+    """Rows of a slab of `length` rows whose taps reach its uncropped output [first, first + size).
+
+    Row i covers i*s .. i*s + K - 1, so the rows are ceil((first - K + 1) / s) .. floor((first + size - 1)
+    / s), clipped to the slab; `offset` is where `first` falls in those rows' own uncropped output.
+    """
+    i0 = max(-((k_eff - 1 - first) // stride), 0)
+    i1 = min((first + size - 1) // stride, length - 1)
+    if i1 < i0:
+        return SlabRange(0, 0, 0)
+    return SlabRange(i0, i1 + 1, first - i0 * stride)
 
 
 @dataclass(frozen=True)
@@ -134,13 +164,18 @@ def axes_for(
     kernel_size: Sequence[int],
     strides: Sequence[int],
     dilation_rate: Sequence[int],
-    padding: str,
+    padding: str | Sequence[int],
     output_padding: Sequence[int] | None,
 ) -> tuple[Axis, Axis, Axis]:
+    """The three spatial axes; `padding` is 'valid', 'same', or torch's per-axis crops [p_d, p_h, p_w]."""
     ops = output_padding if output_padding is not None else (None, None, None)
+    if isinstance(padding, str):
+        mode, pads = padding, (0, 0, 0)
+    else:
+        mode, pads = EXPLICIT, tuple(int(p) for p in padding)
     return tuple(  # type: ignore[return-value]
-        Axis(int(n), int(k), int(s), int(d), padding, None if op is None else int(op))
-        for n, k, s, d, op in zip(spatial_shape, kernel_size, strides, dilation_rate, ops)
+        Axis(int(n), int(k), int(s), int(d), mode, None if op is None else int(op), pad=p)
+        for n, k, s, d, op, p in zip(spatial_shape, kernel_size, strides, dilation_rate, ops, pads)
     )
 
 

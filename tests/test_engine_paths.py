@@ -1,0 +1,94 @@
+"""Engine formulations and out-of-memory back-off: every path, and every split, gives the same tile."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deconv3d_cli import LayerSpec, RunError
+from deconv3d_cli.engine import Engine
+from deconv3d_cli.paths import PATHS
+
+
+def spec_for(rng, cin=2, f=3, k=(3, 4, 2), s=(2, 3, 1), d=1, pad="same", act="relu", fmt="channels_last", op=None):
+    kernel = rng.standard_normal((*k, f, cin)).astype(np.float32)
+    return LayerSpec.create(
+        filters=f,
+        kernel_size=k,
+        strides=s,
+        dilation_rate=d,
+        padding=pad,
+        activation=act,
+        data_format=fmt,
+        output_padding=op,
+        kernel=kernel,
+        bias=rng.standard_normal(f).astype(np.float32),
+    )
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("case", range(6))
+def test_every_path_matches_fp64(path, case):
+    rng = np.random.default_rng(case)
+    k = tuple(int(v) for v in rng.integers(1, 6, 3))
+    s = tuple(int(v) for v in rng.integers(1, 4, 3))
+    op = tuple(int(rng.integers(0, v)) for v in s) if case % 2 else None
+    pad = "valid" if case % 3 == 0 or op is not None else "same"
+    spec = spec_for(rng, cin=int(rng.integers(1, 4)), f=int(rng.integers(1, 4)), k=k, s=s, pad=pad, op=op)
+    x = rng.standard_normal((2, spec.kernel.shape[4], 5, 4, 6)).astype(np.float32)
+    ref = Engine(spec, x.shape[1], precision="fp64", path="transpose").whole(x.astype(np.float64)).numpy()
+    y = Engine(spec, x.shape[1], path=path).whole(x).numpy()
+    assert y.shape == ref.shape
+    assert np.abs(y - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+def test_dilation_offers_only_transposed_paths():
+    spec = spec_for(np.random.default_rng(0), s=1, d=2)
+    engine = Engine(spec, 2)
+    assert engine.available_paths() == ("transpose", "transpose_cl")
+    with pytest.raises(Exception, match="not available"):
+        engine.force_path("phase")
+
+
+def test_choice_is_cached_per_process():
+    spec = spec_for(np.random.default_rng(1))
+    a, b = Engine(spec, 2), Engine(spec, 2)
+    x = torch.zeros(1, 2, 9, 9, 9)
+    assert a.choose_path(x) == b.choose_path(x) and a.path in PATHS
+
+
+def _oom_above(monkeypatch, limit: int) -> list[tuple[int, ...]]:
+    seen = []
+    real = Engine._tile_once
+
+    def fake(self, x, offsets, sizes):
+        seen.append(tuple(sizes))
+        if int(np.prod(sizes)) > limit:
+            raise torch.OutOfMemoryError("simulated: device full")
+        return real(self, x, offsets, sizes)
+
+    monkeypatch.setattr(Engine, "_tile_once", fake)
+    return seen
+
+
+@pytest.mark.parametrize("fmt,act", [("channels_last", "relu"), ("channels_first", "softmax")])
+def test_out_of_memory_halves_the_tile_and_gives_the_same_result(monkeypatch, fmt, act):
+    rng = np.random.default_rng(2)
+    spec = spec_for(rng, fmt=fmt, act=act)
+    x = rng.standard_normal((1, 2, 7, 6, 5)).astype(np.float32)
+    whole = Engine(spec, 2, path="transpose").whole(x).numpy()
+    seen = _oom_above(monkeypatch, 200)
+    engine = Engine(spec, 2, path="transpose")
+    y = engine.whole(x).numpy()
+    assert engine.splits > 0 and len(seen) > 2
+    np.testing.assert_allclose(y, whole, rtol=1e-6, atol=1e-6)
+    if spec.mixes_width:  # softmax over the width axis: the width is never split
+        assert all(sz[2] == whole.shape[4] for sz in seen)
+
+
+def test_out_of_memory_on_one_voxel_is_a_clear_error(monkeypatch):
+    spec = spec_for(np.random.default_rng(3))
+    _oom_above(monkeypatch, 0)
+    with pytest.raises(RunError, match="one-voxel tile"):
+        Engine(spec, 2).whole(np.ones((1, 2, 3, 3, 3), np.float32))
