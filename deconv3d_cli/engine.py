@@ -94,6 +94,9 @@ class Engine:
         self.splits = 0  # tiles halved after running out of memory
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # tiles repeat shapes: let cuDNN pick its algorithms once
+            if self.dtype == torch.float32:  # fp32 means fp32: TF32 tensor cores would cost ~1e-3 relative
+                torch.backends.cudnn.allow_tf32 = False
+                torch.backends.cuda.matmul.allow_tf32 = False
         self._pweight: torch.Tensor | None = None
         self.path: str | None = None
         if path != "auto":
