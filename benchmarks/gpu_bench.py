@@ -75,7 +75,7 @@ def main() -> None:
             x = torch.randn(1, cin, e, e, e, device="cuda").to(engine.dtype)
             engine.choose_path(x)
             y = engine.whole(x)
-            ms = cuda_ms(lambda: engine.whole(x))
+            ms = cuda_ms(lambda engine=engine, x=x: engine.whole(x))
             moved = x.numel() * x.element_size() + y.numel() * y.element_size()
             row = {
                 "layer": layer_name(c),
@@ -88,7 +88,8 @@ def main() -> None:
             rows.append(row)
             print(
                 f"{row['layer']:<28} {precision:>5} {engine.path:<13} {ms:8.2f} ms "
-                f"{row['out_voxels_per_s'] / 1e9:7.2f} Gvox/s  {100 * row['bandwidth_fraction']:5.1f}% of copy bandwidth",
+                f"{row['out_voxels_per_s'] / 1e9:7.2f} Gvox/s  "
+                f"{100 * row['bandwidth_fraction']:5.1f}% of copy bandwidth",
                 flush=True,
             )
     with tempfile.TemporaryDirectory() as tmp:
