@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from . import io as vio
 from .errors import Deconv3dError, InputError, SpecError
 
-EXTENSIONS = {"npy": ".npy", "h5": ".h5", "hdf5": ".h5", "nii": ".nii", "nii.gz": ".nii.gz"}
+EXTENSIONS = {"npy": ".npy", "h5": ".h5", "hdf5": ".h5", "nii": ".nii", "nii.gz": ".nii.gz", "zarr": ".zarr"}
 TEMPLATE_FIELDS = ("stem", "name", "ext", "scale", "parent", "index")
 DEFAULT_TEMPLATE = "{stem}_x{scale}{ext}"
 REPORT_VERSION = 1

@@ -128,7 +128,7 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
     show_default=True,
     help="Output names with -O; placeholders {stem} {name} {ext} {scale} {parent} {index}.",
 )
-@click.option("--output-format", help="Output format with -O: npy, h5, nii or nii.gz (default: the input's).")
+@click.option("--output-format", help="Output format with -O: npy, h5, nii, nii.gz or zarr (default: the input's).")
 @click.option("--skip-existing", is_flag=True, help="With -O: leave finished outputs alone.")
 @click.option("--fail-fast", is_flag=True, help="With -O: stop at the first failed file.")
 @click.option("--shard", help="With -O: process only part I of N of the inputs (I/N, 0 <= I < N).")
@@ -187,6 +187,16 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
     show_default=True,
     help="Seconds between making finished tiles durable for --resume (0: after every tile).",
 )
+@click.option(
+    "--scheduler",
+    help="Run the tiles as Dask tasks: a scheduler address (tcp://host:8786, or a scheduler JSON file) or "
+    "local[:N] for N local worker processes. Needs: pip install 'deconv3d-cli[dask]'.",
+)
+@click.option(
+    "--input-shape",
+    help="With --dry-run: plan for a virtual input of this shape (and dtype), e.g. 16384,16384,8192,1:uint8; "
+    "INPUT need not exist.",
+)
 @_debug_option
 def upsample(
     inputs: tuple[Path, ...],
@@ -222,6 +232,8 @@ def upsample(
     checkpoint_every: float,
     fourth_axis: str = "auto",
     preview_png: Path | None = None,
+    scheduler: str | None = None,
+    input_shape: str | None = None,
 ) -> None:
     """Apply a Conv3DTranspose layer (or a preset) to INPUT... and write the upsampled volumes.
 
@@ -248,6 +260,8 @@ def upsample(
             raise click.UsageError(f"-o takes exactly one INPUT, got {len(inputs)}; use -O OUTDIR for several")
     elif not inputs and from_list is None:
         raise click.UsageError("give INPUT files, quoted globs, or --from-list FILE")
+    if input_shape is not None and (output is None or not dry_run):
+        raise click.UsageError("--input-shape describes a virtual input for planning: use it with -o and --dry-run")
     if preview_png is not None and (output_dir is not None or dry_run):
         raise click.UsageError("--preview draws one finished run: use it with -o and without --dry-run")
     spec = _layer(spec_path, preset, scale)
@@ -270,6 +284,7 @@ def upsample(
         },
         flush_every=checkpoint_every,
         boundary=(boundary or ("zeros" if preset is None else "replicate")).lower(),
+        scheduler=scheduler,
     )
     if threads:
         import torch
@@ -294,6 +309,19 @@ def upsample(
             verbose,
             opts,
         )
+        return
+    if scheduler or input_shape is not None:
+        from . import distributed
+
+        if dry_run:
+            report = distributed.dry_run(spec, inputs[0], output, opts, input_shape=input_shape, threads=threads)
+        else:
+            report = distributed.run_one(spec, inputs[0], output, opts, threads=threads)
+        _emit(report, as_json, dry_run=dry_run, quiet=quiet)
+        if not as_json and not quiet:
+            click.echo("\n".join(distributed.describe_lines(report)), err=True)
+        if preview_png is not None:
+            _upsample_preview(spec, inputs[0], output, preview_png, dataset, output_dataset, opts.fourth_axis)
         return
     if dry_run:
         job = pipeline.prepare(spec, inputs[0], output, opts)
@@ -379,6 +407,14 @@ def _describe_lines(report: dict[str, Any], dry_run: bool) -> list[str]:
             + (f", {report['resumed_tiles']} tiles resumed" if report.get("resumed_tiles") else "")
             + (f", {report['clipped_voxels']} voxels clipped" if report.get("clipped_voxels") else "")
         )
+    if report.get("constraints"):  # the spec's constraints, applied to its loaded weights
+        from .constraints import format_report
+
+        lines.append(f"  constraints: {format_report(report['constraints'])}")
+    if report.get("regularization"):  # penalty values; they do not change the output
+        from .regularizers import format_report as format_penalties
+
+        lines.append(f"  regularization: {format_penalties(report)}")
     return lines
 
 
@@ -433,7 +469,12 @@ def _upsample_many(
         else:
             click.echo(f"{result.status:<6} {result.input} -> {result.output}", err=True)
 
-    report = batch.run_batch(
+    run = batch.run_batch
+    if opts.scheduler:  # the same report from Dask tasks (distributed.py)
+        from . import distributed
+
+        run = distributed.batch_runner(spec, opts, click.get_current_context().params.get("threads"))
+    report = run(
         jobs,
         prepare=lambda job: pipeline.prepare(spec, job.input, job.output, opts),
         execute=lambda job: pipeline.execute(job, pipeline.engine_for(job, opts, engines), opts),
@@ -469,7 +510,7 @@ def presets_cmd(as_json: bool) -> None:
 
 @main.group(context_settings=CONTEXT)
 def spec() -> None:
-    """Check layer specs."""
+    """Check, import and create layer specs."""
 
 
 @spec.command("validate", context_settings=CONTEXT)
@@ -488,6 +529,229 @@ def spec_validate(spec_path: Path, as_json: bool) -> None:
         click.echo(json.dumps(config, indent=2))
     else:
         click.echo(f"{spec_path}: ok: {layer.describe()}")
+    if layer.constraints_applied:
+        from .constraints import format_report
+
+        click.echo(f"  constraints applied to the loaded weights: {format_report(list(layer.constraints_applied))}")
+
+
+def _triple_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """'2' -> 2, '2,2,1' -> [2, 2, 1] (None stays None)."""
+    if value is None:
+        return None
+    try:
+        nums = [int(v) for v in value.replace("x", ",").split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: use an integer or three, e.g. 2 or 2,2,1") from None
+    if len(nums) not in (1, 3):
+        raise click.BadParameter(f"{value!r}: use an integer or three, e.g. 2 or 2,2,1")
+    return nums[0] if len(nums) == 1 else nums
+
+
+def _named_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    from .named import parse_option
+
+    if value is None:
+        return None
+    try:
+        return parse_option(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+@spec.command("import", context_settings=CONTEXT)
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="SPEC.yaml to write (its .npz goes beside it).")
+@click.option("--layer", help="Which layer (name, or path such as sub/up for nested models; torch: the key prefix).")
+@click.option("--list", "list_only", is_flag=True, help="List the importable layers and exit.")
+@click.option("--config", "config_path", type=click.Path(path_type=Path), help="Keras: config for a weights-only .h5.")
+@click.option(
+    "--weights", "weights_path", type=click.Path(path_type=Path), help="Keras: weights (.h5/.npz) for a config."
+)
+@click.option(
+    "--keras2-dilation",
+    type=click.Choice(["keep", "drop"], case_sensitive=False),
+    default="keep",
+    show_default=True,
+    help="A tf.keras 2 layer's dilation_rate (which tf.keras 2 ignored): keep it (applied) or drop it.",
+)
+@click.option("--sidecar", type=click.Path(path_type=Path), help="PyTorch: YAML/JSON of ConvTranspose3d arguments.")
+@click.option("--stride", callback=_triple_option, help="PyTorch: stride (S or D,H,W).")
+@click.option("--padding", "torch_padding", callback=_triple_option, help="PyTorch: padding (P or D,H,W).")
+@click.option("--output-padding", callback=_triple_option, help="PyTorch: output_padding.")
+@click.option("--dilation", callback=_triple_option, help="PyTorch: dilation.")
+@click.option("--groups", type=click.IntRange(min=1), help="PyTorch: groups.")
+@click.option("--activation", help="PyTorch: activation to apply after the layer (default linear).")
+@click.option(
+    "--data-format",
+    type=click.Choice(["channels_last", "channels_first"], case_sensitive=False),
+    help="PyTorch: the layout of the volumes the spec will read (default channels_last).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace an existing SPEC.yaml / .npz.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
+@_debug_option
+def spec_import(
+    source: Path,
+    output: Path | None,
+    layer: str | None,
+    list_only: bool,
+    config_path: Path | None,
+    weights_path: Path | None,
+    keras2_dilation: str,
+    sidecar: Path | None,
+    stride: Any,
+    torch_padding: Any,
+    output_padding: Any,
+    dilation: Any,
+    groups: int | None,
+    activation: str | None,
+    data_format: str | None,
+    overwrite: bool,
+    as_json: bool,
+) -> None:
+    """Import a Conv3DTranspose layer from a Keras or PyTorch file into SPEC.yaml + SPEC.npz.
+
+    \b
+    SOURCE: a Keras .keras archive, a Keras .h5 model (or a weights-only .h5 with --config), a Keras
+    config as JSON/YAML (model.to_json() or layer.get_config(); weights with --weights), or a PyTorch
+    ConvTranspose3d state dict (.pt; stride, padding, ... from options or --sidecar).
+    \b
+    Examples:
+      deconv3d spec import model.keras --list
+      deconv3d spec import model.keras --layer decoder/up1 -o up1.yaml
+      deconv3d spec import up.pt --stride 2 --padding 1 --output-padding 1 -o up.yaml
+    """
+    from . import importers
+
+    if list_only:
+        kind, candidates = importers.list_layers(source, config=config_path)
+        if as_json:
+            click.echo(json.dumps({"source": str(source), "format": kind, "layers": [c.__dict__ for c in candidates]}))
+        else:
+            click.echo(f"{source}: {kind}, {len(candidates)} layer(s)")
+            for c in candidates:
+                click.echo(f"  {c.line()}")
+        return
+    if output is None:
+        raise click.UsageError("give the spec to write with -o SPEC.yaml (or --list to see the layers)")
+    torch_options = {
+        "stride": stride,
+        "padding": torch_padding,
+        "output_padding": output_padding,
+        "dilation": dilation,
+        "groups": groups,
+    }
+    try:
+        result = importers.import_layer(
+            source,
+            layer,
+            config=config_path,
+            weights=weights_path,
+            keras2_dilation=keras2_dilation.lower(),
+            torch_options=torch_options,
+            sidecar=sidecar,
+            activation=activation,
+            data_format=None if data_format is None else data_format.lower(),
+        )
+    except importers.LayerChoiceError as exc:
+        click.echo(f"{source}: layers that can be imported:", err=True)
+        for c in exc.candidates:
+            click.echo(f"  {c.line()}", err=True)
+        raise
+    for warning in result.warnings:
+        click.echo(f"deconv3d: warning: {warning}", err=True)
+    written = importers.save_spec(result.spec, output, overwrite=overwrite, source=source)
+    if as_json:
+        click.echo(json.dumps({**result.as_json(), "written": [str(p) for p in written]}, indent=2))
+        return
+    click.echo(f"{source}: imported layer {result.layer or '(top level)'} ({result.format})", err=True)
+    click.echo(f"  {result.spec.describe()}", err=True)
+    for note in result.notes:
+        click.echo(f"  note: {note}", err=True)
+    click.echo(f"  wrote {', '.join(str(p) for p in written)}", err=True)
+
+
+@spec.command("init", context_settings=CONTEXT)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="SPEC.yaml to write.")
+@click.option("--filters", type=click.IntRange(min=1), required=True, help="Output channels.")
+@click.option("--kernel-size", callback=_triple_option, required=True, help="K or D,H,W.")
+@click.option("--strides", callback=_triple_option, default="1", show_default=True, help="S or D,H,W.")
+@click.option("--padding", default="valid", show_default=True, help="valid, same, or P,P,P (PyTorch's padding).")
+@click.option("--output-padding", callback=_triple_option, help="OP or D,H,W (default: none).")
+@click.option("--dilation-rate", callback=_triple_option, default="1", show_default=True, help="D or D,H,W.")
+@click.option(
+    "--data-format",
+    type=click.Choice(["channels_last", "channels_first"], case_sensitive=False),
+    default="channels_last",
+    show_default=True,
+)
+@click.option("--activation", default="linear", show_default=True, help="Activation name.")
+@click.option("--use-bias/--no-use-bias", default=True, show_default=True)
+@click.option("--in-channels", type=click.IntRange(min=1), required=True, help="Input channels of the kernel.")
+@click.option("--seed", type=int, help="Seed of the draw (the bias uses seed + 1).")
+@click.option(
+    "--kernel-initializer",
+    callback=_named_option,
+    default="glorot_uniform",
+    show_default=True,
+    help="NAME, NAME:key=value,... (e.g. variance_scaling:scale=2,mode=fan_out) or a YAML mapping.",
+)
+@click.option("--bias-initializer", callback=_named_option, default="zeros", show_default=True)
+@click.option("--kernel-regularizer", callback=_named_option, help="l1, l2, l1_l2, orthogonal_regularizer[:...].")
+@click.option("--bias-regularizer", callback=_named_option)
+@click.option("--activity-regularizer", callback=_named_option)
+@click.option("--kernel-constraint", callback=_named_option, help="max_norm, min_max_norm, non_neg, unit_norm[:...].")
+@click.option("--bias-constraint", callback=_named_option)
+@click.option("--name", help="Layer name.")
+@click.option("--no-weights", is_flag=True, help="Write no .npz: draw the weights at run time (from --seed).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing SPEC.yaml / .npz.")
+@click.option("--json", "as_json", is_flag=True, help="Print the spec's config and weight statistics as JSON.")
+@_debug_option
+def spec_init(
+    output: Path, padding: str, in_channels: int, no_weights: bool, overwrite: bool, as_json: bool, **kw: Any
+) -> None:
+    """Write a spec whose weights come from Keras initializers (no trained model needed).
+
+    \b
+    Example:
+      deconv3d spec init --filters 8 --kernel-size 3 --strides 2 --padding same --in-channels 1 \\
+          --kernel-initializer he_normal --seed 0 -o layer.yaml
+    """
+    from . import importers
+    from .spec import LayerSpec
+
+    padding_value: Any = padding
+    if "," in padding:  # P,P,P: PyTorch's padding, the spec's [p_d, p_h, p_w] extension
+        padding_value = _triple_option(None, None, padding)  # type: ignore[arg-type]
+    layer = LayerSpec.create(source="spec init", padding=padding_value, in_channels=in_channels, **kw)
+    stats = {}
+    if not no_weights:
+        kernel, bias = layer.materialise(in_channels)
+        layer = layer.with_weights(kernel, bias)
+        for which, arr in (("kernel", kernel), ("bias", bias)):
+            if arr is not None:
+                a = arr.astype("float64")
+                stats[which] = {
+                    "shape": list(arr.shape),
+                    "mean": float(a.mean()),
+                    "std": float(a.std()),
+                    "min": float(a.min()),
+                    "max": float(a.max()),
+                }
+    written = importers.save_spec(layer, output, overwrite=overwrite)
+    if as_json:
+        config = layer.to_config()
+        config.update(in_channels=in_channels, seed=layer.seed)
+        click.echo(json.dumps({"config": config, "weights": stats, "written": [str(p) for p in written]}, indent=2))
+        return
+    click.echo(f"{output}: {layer.describe()}", err=True)
+    for which, st in stats.items():
+        click.echo(
+            f"  {which} {tuple(st['shape'])}: mean {st['mean']:.4g}, std {st['std']:.4g}, "
+            f"range [{st['min']:.4g}, {st['max']:.4g}]",
+            err=True,
+        )
+    click.echo(f"  wrote {', '.join(str(p) for p in written)}", err=True)
 
 
 @main.command("inspect", context_settings=CONTEXT)

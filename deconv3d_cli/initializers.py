@@ -33,16 +33,30 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "random_uniform": {"minval": -0.05, "maxval": 0.05},
     "random_normal": {"mean": 0.0, "stddev": 0.05},
     "truncated_normal": {"mean": 0.0, "stddev": 0.05},
-    "variance_scaling": {"scale": 1.0, "mode": "fan_in", "distribution": "truncated_normal"},
+    # Keras 3 adds input_axes/output_axes to the variance-scaling family (null: Keras 2's fan rule).
+    "variance_scaling": {
+        "scale": 1.0,
+        "mode": "fan_in",
+        "distribution": "truncated_normal",
+        "input_axes": None,
+        "output_axes": None,
+    },
     "orthogonal": {"gain": 1.0},
     "identity": {"gain": 1.0},
-    **{name: {} for name in _VARIANCE_FAMILY},
+    **{name: {"input_axes": None, "output_axes": None} for name in _VARIANCE_FAMILY},
 }
 
 NAMES: tuple[str, ...] = tuple(sorted(_DEFAULTS))
 
 # Keras aliases and class names.
-_ALIASES = {"zero": "zeros", "one": "ones", "uniform": "random_uniform", "normal": "random_normal"}
+_ALIASES = {
+    "zero": "zeros",
+    "one": "ones",
+    "uniform": "random_uniform",
+    "normal": "random_normal",
+    "identity_initializer": "identity",
+    "orthogonal_initializer": "orthogonal",
+}
 
 # std of a unit normal truncated to [-2, 2]; Keras divides by it so the truncated draw keeps its variance.
 _TRUNCATED_STD = 0.87962566103423978
@@ -53,6 +67,16 @@ def normalise(value: Any) -> dict[str, Any]:
     spec = named.normalise(value, "initializer", _DEFAULTS, _ALIASES, extra_args=("seed", "dtype"))
     cfg = spec["config"]
     cfg.pop("dtype", None)
+    for key in ("input_axes", "output_axes"):
+        if key in cfg and cfg[key] is None:
+            del cfg[key]  # Keras 3 writes null for "not given": the default fan rule
+        elif key in cfg:
+            axes = cfg[key]
+            if not isinstance(axes, (list, tuple)) or not all(
+                isinstance(a, int) and not isinstance(a, bool) for a in axes
+            ):
+                raise ValueError(f"initializer {spec['name']!r}: {key} must be a list of integers, got {axes!r}")
+            cfg[key] = [int(a) for a in axes]
     if spec["name"] == "variance_scaling":
         if cfg["mode"] not in ("fan_in", "fan_out", "fan_avg"):
             raise ValueError(f"variance_scaling mode {cfg['mode']!r}; valid: fan_in, fan_out, fan_avg")
@@ -66,9 +90,21 @@ def normalise(value: Any) -> dict[str, Any]:
     return spec
 
 
-def compute_fans(shape: Sequence[int]) -> tuple[int, int]:
-    """Keras's `_compute_fans`: the last two axes are (input depth, output depth) of the kernel."""
+def compute_fans(
+    shape: Sequence[int], input_axes: Sequence[int] | None = None, output_axes: Sequence[int] | None = None
+) -> tuple[int, int]:
+    """Keras's `compute_fans`: the last two axes are (input depth, output depth) of the kernel.
+
+    Keras 3's `input_axes`/`output_axes` (both given) name the axes whose sizes multiply into each fan.
+    """
     shape = tuple(int(n) for n in shape)
+    if input_axes is not None and output_axes is not None:
+        try:
+            return math.prod(shape[a] for a in input_axes), math.prod(shape[a] for a in output_axes)
+        except IndexError:
+            raise ValueError(
+                f"input_axes {list(input_axes)} / output_axes {list(output_axes)} do not fit shape {shape}"
+            ) from None
     if len(shape) == 0:
         return 1, 1
     if len(shape) == 1:
@@ -122,7 +158,7 @@ def make(
         out = float(cfg["gain"]) * np.eye(*shape)
     else:
         scale, mode, dist = _VARIANCE_FAMILY.get(name, (cfg.get("scale"), cfg.get("mode"), cfg.get("distribution")))
-        fan_in, fan_out = compute_fans(shape)
+        fan_in, fan_out = compute_fans(shape, cfg.get("input_axes"), cfg.get("output_axes"))
         fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2.0}[mode]
         var = float(scale) / max(1.0, fan)
         if dist == "uniform":

@@ -146,7 +146,7 @@ def describe(path: Path | str, dataset: str | None = None, fourth_axis: str = "a
             "orientation": orientation,
             "affine": None if affine is None else affine.tolist(),
             "chunks": None if reader.chunks is None else [int(c) for c in reader.chunks],
-            "size_on_disk": os.path.getsize(path),
+            "size_on_disk": _size_on_disk(path),
             "size_in_memory": int(np.prod(shape, dtype=np.int64)) * dtype.itemsize,
         }
         if reader.format == "nifti":
@@ -156,6 +156,13 @@ def describe(path: Path | str, dataset: str | None = None, fourth_axis: str = "a
         return _jsonable(info)
     finally:
         reader.close()
+
+
+def _size_on_disk(path: Path | str) -> int:
+    """Bytes of a file, or of every file in a directory store (Zarr)."""
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 def format_text(info: dict[str, Any]) -> str:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from . import boundary
+from . import boundary, regularizers
 from . import io as vio
 from .atomic import OutputTarget, journal_header, same_file
 from .errors import InputError
@@ -284,14 +284,22 @@ def read_tile(job: Prepared, reader: Any, tile: Tile) -> np.ndarray:
 
 
 def compute_tile(
-    job: Prepared, engine: Any, slab: Any, tile: Tile, alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None
+    job: Prepared,
+    engine: Any,
+    slab: Any,
+    tile: Tile,
+    alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+    activity: regularizers.ActivityAccumulator | None = None,
 ) -> tuple[np.ndarray, int]:
     """The output tile in the stored dtype and axis order, and how many voxels were clipped to it.
 
     `alloc(shape)` gives the host array to fill (execute's recycled buffers); a fresh one by default.
+    `activity` accumulates the spec's activity_regularizer over the computed tiles (regularizers.py).
     """
     filters = job.spec.filters
     y = engine.tile(slab, tile.offsets, tile.sizes).permute(job.in_layout.ncdhw_order(filters))
+    if activity is not None:
+        activity.add(y)
     # One compact array in the stored order (torch's copy is multi-threaded); the slab's uncropped
     # output is freed when this returns, before the next tile.
     host = np.empty(tuple(y.shape), job.out_dtype) if alloc is None else alloc(tuple(y.shape))
@@ -342,6 +350,7 @@ def execute(
     skipped_voxels = sum(t.voxels for t in plan.tiles() if t.index in target.done) if resumed else 0
     started = time.perf_counter()
     bar = _progress_bar(job, opts, initial=skipped_voxels)
+    activity = regularizers.ActivityAccumulator(job.spec.activity_regularizer)
     try:
         writer = vio.create_writer(
             target.partial,
@@ -436,7 +445,7 @@ def execute(
                     break
                 tile, slab = item
                 del item
-                data, n_clipped = compute_tile(job, engine, slab, tile, recycled)
+                data, n_clipped = compute_tile(job, engine, slab, tile, recycled, activity)
                 del slab
                 clipped[0] += n_clipped
                 _put(q_out, (tile, data, held.pop()), stop)
@@ -483,6 +492,7 @@ def execute(
         device=str(engine.device),
         engine_path=engine.path,
     )
+    result.update(regularizers.run_report_for(job, engine, activity))  # {} unless the spec names any
     return result
 
 

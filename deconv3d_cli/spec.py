@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from . import activations, geometry, initializers, named
+from . import activations, constraints, geometry, initializers, regularizers
 from .errors import SpecError
 from .layout import CHANNELS_FIRST, CHANNELS_LAST, Layout
 
@@ -49,20 +49,9 @@ OWN_KEYS = ("weights", "weights_layout", "seed", "in_channels")
 SERIALISED_KEYS = ("class_name", "config", "module", "registered_name", "build_config")
 ALL_KEYS = KERAS_ARGS + KERAS_META + OWN_KEYS
 
-REGULARIZERS = {
-    "l1": {"l1": 0.01},
-    "l2": {"l2": 0.01},
-    "l1_l2": {"l1": 0.01, "l2": 0.01},
-    "orthogonal_regularizer": {"factor": 0.01, "mode": "rows"},
-}
-CONSTRAINTS = {
-    "max_norm": {"max_value": 2.0, "axis": 0},
-    "min_max_norm": {"min_value": 0.0, "max_value": 1.0, "rate": 1.0, "axis": 0},
-    "non_neg": {},
-    "unit_norm": {"axis": 0},
-    "radial_constraint": {},
-}
-_CONSTRAINT_ALIASES = {"maxnorm": "max_norm", "nonneg": "non_neg", "unitnorm": "unit_norm"}
+# Keras's defaults for each named regularizer and constraint (normalised in regularizers.py / constraints.py).
+REGULARIZERS = regularizers.DEFAULTS
+CONSTRAINTS = constraints.DEFAULTS
 
 
 def _triple(value: Any, name: str, source: str | None, minimum: int = 1) -> Triple:
@@ -81,13 +70,33 @@ def _triple(value: Any, name: str, source: str | None, minimum: int = 1) -> Trip
     return vals  # type: ignore[return-value]
 
 
-def _optional_named(value: Any, kind: str, table: Mapping[str, Mapping[str, Any]], name: str, source, aliases=None):
+def _optional_named(value: Any, normalise: Any, name: str, source: str | None) -> dict[str, Any] | None:
     if value is None:
         return None
     try:
-        return named.normalise(value, kind, table, aliases)
+        return normalise(value)
     except ValueError as exc:
         raise SpecError(str(exc), source=source, field=name) from None
+
+
+def _padding(value: Any, source: str | None) -> str | Triple:
+    """'valid' / 'same' (any case), or PyTorch's per-axis crop [p_d, p_h, p_w] (a list, never a bare int)."""
+    if isinstance(value, str):
+        if value.lower() in (geometry.VALID, geometry.SAME):
+            return value.lower()
+        hint = " ('causal' exists only for 1-D convolutions)" if value.lower() == "causal" else ""
+        raise SpecError(
+            f"{value!r} is not supported{hint}; use 'valid' or 'same' (or [p_d, p_h, p_w], PyTorch's padding)",
+            source=source,
+            field="padding",
+        )
+    if isinstance(value, (list, tuple)) and len(value) == 3:
+        return _triple(list(value), "padding", source, minimum=0)
+    raise SpecError(
+        f"{value!r} is not supported; use 'valid' or 'same' (or [p_d, p_h, p_w], PyTorch's padding)",
+        source=source,
+        field="padding",
+    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -97,7 +106,7 @@ class LayerSpec:
     filters: int
     kernel_size: Triple
     strides: Triple = (1, 1, 1)
-    padding: str = "valid"
+    padding: str | Triple = "valid"  # 'valid', 'same', or PyTorch's per-axis crop (p_d, p_h, p_w)
     output_padding: Triple | None = None
     data_format: str = CHANNELS_LAST
     dilation_rate: Triple = (1, 1, 1)
@@ -116,6 +125,8 @@ class LayerSpec:
     seed: int | None = None
     in_channels: int | None = None
     source: str | None = None
+    # What the spec's constraints did to its loaded weights (constraints.apply_to_weights entries).
+    constraints_applied: tuple[dict[str, Any], ...] = field(default=(), repr=False)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -136,18 +147,15 @@ class LayerSpec:
         kernel_size = _triple(get("kernel_size"), "kernel_size", src)
         strides = _triple(get("strides", 1), "strides", src)
         dilation = _triple(get("dilation_rate", 1), "dilation_rate", src)
-        padding = get("padding", "valid")
-        if not isinstance(padding, str) or padding.lower() not in (geometry.VALID, geometry.SAME):
-            hint = " ('causal' exists only for 1-D convolutions)" if str(padding).lower() == "causal" else ""
-            raise SpecError(f"{padding!r} is not supported{hint}; use 'valid' or 'same'", source=src, field="padding")
-        padding = padding.lower()
+        padding = _padding(get("padding", "valid"), src)
+        explicit = not isinstance(padding, str)  # PyTorch's padding: torch's rules, not Keras's, apply below
         data_format = get("data_format") or CHANNELS_LAST
         if not isinstance(data_format, str) or data_format.lower() not in (CHANNELS_LAST, CHANNELS_FIRST):
             raise SpecError(
                 f"{data_format!r}; use 'channels_last' or 'channels_first'", source=src, field="data_format"
             )
         data_format = data_format.lower()
-        if any(s > 1 for s in strides) and any(d > 1 for d in dilation):
+        if not explicit and any(s > 1 for s in strides) and any(d > 1 for d in dilation):
             raise SpecError(
                 f"strides {list(strides)} with dilation_rate {list(dilation)}: Keras refuses a stride > 1 "
                 "together with a dilation > 1; set one of them to 1",
@@ -156,7 +164,18 @@ class LayerSpec:
             )
         op = get("output_padding")
         output_padding = None if op is None else _triple(op, "output_padding", src, minimum=0)
-        if output_padding is not None:
+        if output_padding is not None and explicit:
+            # torch.nn.ConvTranspose3d: "output padding must be smaller than either stride or dilation".
+            for axis, (p, s, d) in enumerate(zip(output_padding, strides, dilation)):
+                if p >= max(s, d):
+                    raise SpecError(
+                        f"{list(output_padding)}: with PyTorch's padding, output_padding must be smaller than "
+                        f"the stride or the dilation on every axis (axis {axis}: {p} >= max({s}, {d})); "
+                        f"use at most {max(s, d) - 1} there",
+                        source=src,
+                        field="output_padding",
+                    )
+        elif output_padding is not None:
             for axis, (p, s) in enumerate(zip(output_padding, strides)):
                 if p >= s:
                     raise SpecError(
@@ -189,11 +208,11 @@ class LayerSpec:
             except ValueError as exc:
                 raise SpecError(str(exc), source=src, field=key) from None
         regs = {
-            key: _optional_named(get(key), "regularizer", REGULARIZERS, key, src)
+            key: _optional_named(get(key), regularizers.normalise, key, src)
             for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer")
         }
         cons = {
-            key: _optional_named(get(key), "constraint", CONSTRAINTS, key, src, _CONSTRAINT_ALIASES)
+            key: _optional_named(get(key), constraints.normalise, key, src)
             for key in ("kernel_constraint", "bias_constraint")
         }
         groups = get("groups", 1)
@@ -272,7 +291,20 @@ class LayerSpec:
                 path = Path(base_dir) / path
             kernel, bias = load_npz(path, layout)
             kwargs["kernel"], kwargs["bias"] = kernel, bias
-        return cls.create(source=source, **kwargs)
+        spec = cls.create(source=source, **kwargs)
+        return spec.constrained() if weights is not None else spec
+
+    def constrained(self) -> LayerSpec:
+        """The spec with its kernel/bias constraints applied to its weights (Keras's projection), and recorded."""
+        if self.kernel is None or (self.kernel_constraint is None and self.bias_constraint is None):
+            return self
+        try:
+            kernel, bias, report = constraints.apply_to_weights(
+                self.kernel, self.bias, self.kernel_constraint, self.bias_constraint
+            )
+        except constraints.ConstraintError as exc:
+            raise SpecError(str(exc), source=self.source, field=exc.field) from None
+        return replace(self, kernel=kernel, bias=bias, constraints_applied=tuple(report))
 
     @classmethod
     def from_yaml(cls, path: os.PathLike | str) -> LayerSpec:
@@ -369,20 +401,39 @@ class LayerSpec:
         shape = (*self.kernel_size, self.filters, in_channels)
         try:
             kernel = initializers.make(self.kernel_initializer, shape, self.seed)
+        except ValueError as exc:
+            raise SpecError(str(exc), source=self.source, field="kernel_initializer") from None
+        try:
             bias = (
                 initializers.make(self.bias_initializer, (self.filters,), None if self.seed is None else self.seed + 1)
                 if self.use_bias
                 else None
             )
         except ValueError as exc:
-            raise SpecError(str(exc), source=self.source, field="kernel_initializer") from None
+            raise SpecError(str(exc), source=self.source, field="bias_initializer") from None
         return kernel, bias
 
     # ----------------------------------------------------------------- geometry
     def axes(self, spatial_shape: Sequence[int]) -> tuple[geometry.Axis, geometry.Axis, geometry.Axis]:
-        return geometry.axes_for(
+        axes = geometry.axes_for(
             spatial_shape, self.kernel_size, self.strides, self.dilation_rate, self.padding, self.output_padding
         )
+        if self.explicit_padding:
+            for a, ax in enumerate(axes):
+                if ax.out < 1:
+                    raise SpecError(
+                        f"{list(self.padding)} crops an input of length {ax.length} on axis {a} to an output "
+                        f"length of {ax.out} ((I - 1)*s - 2p + d*(k - 1) + op + 1); PyTorch refuses that too; "
+                        f"use at most {max((ax.full + (ax.output_padding or 0) - 1) // 2, 0)} there",
+                        source=self.source,
+                        field="padding",
+                    )
+        return axes
+
+    @property
+    def explicit_padding(self) -> bool:
+        """True for PyTorch's per-axis padding (the spec format's extension), False for 'valid'/'same'."""
+        return not isinstance(self.padding, str)
 
     def layout(self, ndim: int) -> Layout:
         return Layout(ndim, self.data_format)
@@ -405,7 +456,7 @@ class LayerSpec:
             "filters": self.filters,
             "kernel_size": list(self.kernel_size),
             "strides": list(self.strides),
-            "padding": self.padding,
+            "padding": self.padding if isinstance(self.padding, str) else list(self.padding),
             "output_padding": None if self.output_padding is None else list(self.output_padding),
             "data_format": self.data_format,
             "dilation_rate": list(self.dilation_rate),
@@ -456,7 +507,7 @@ class LayerSpec:
             f"filters={self.filters}",
             f"kernel_size={list(self.kernel_size)}",
             f"strides={list(self.strides)}",
-            f"padding={self.padding}",
+            f"padding={self.padding}" if isinstance(self.padding, str) else f"padding={list(self.padding)} (torch)",
         ]
         if self.output_padding is not None:
             parts.append(f"output_padding={list(self.output_padding)}")

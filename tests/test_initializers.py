@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -311,3 +313,91 @@ def test_unknown_name_lists_every_initializer():
         normalise("xavier")
     for name in NAMES:
         assert name in str(info.value)
+
+
+# --------------------------------------------------------------------------- Keras 3's input_axes / output_axes
+@settings(max_examples=60, deadline=None)
+@given(shape=kernel_shapes, data=st.data())
+def test_keras3_fan_axes_multiply_the_named_axes(shape, data):
+    perm = data.draw(st.permutations(range(5)))
+    cut = data.draw(st.integers(1, 4))
+    ins, outs = sorted(perm[:cut]), sorted(perm[cut:])
+    assert compute_fans(shape, ins, outs) == (math.prod(shape[a] for a in ins), math.prod(shape[a] for a in outs))
+    # Keras uses them only when both are given; one alone (or null) is the ordinary rule
+    assert compute_fans(shape, ins, None) == compute_fans(shape)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    shape=kernel_shapes,
+    data=st.data(),
+    scale=st.floats(0.1, 4.0),
+    mode=st.sampled_from(["fan_in", "fan_out", "fan_avg"]),
+    distribution=st.sampled_from(["uniform", "truncated_normal"]),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_variance_scaling_bounds_with_fan_axes(shape, data, scale, mode, distribution, seed):
+    perm = data.draw(st.permutations(range(5)))
+    cut = data.draw(st.integers(1, 4))
+    ins, outs = sorted(perm[:cut]), sorted(perm[cut:])
+    cfg = {"scale": scale, "mode": mode, "distribution": distribution, "input_axes": ins, "output_axes": outs}
+    w = make({"class_name": "VarianceScaling", "config": cfg}, shape, seed).astype(np.float64)
+    fan_in, fan_out = math.prod(shape[a] for a in ins), math.prod(shape[a] for a in outs)
+    fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[mode]
+    std = math.sqrt(scale / max(1.0, fan))
+    bound = math.sqrt(3) * std if distribution == "uniform" else 2 * std / TRUNC_STD
+    assert np.abs(w).max() <= bound * (1 + 1e-6)
+
+
+def test_keras3_null_fan_axes_are_the_default_and_bad_ones_refused():
+    cfg = {"class_name": "HeNormal", "config": {"seed": None, "input_axes": None, "output_axes": None}}
+    assert normalise(cfg) == {"name": "he_normal", "config": {"seed": None}}
+    for bad in ("rows", [0.5]):
+        with pytest.raises(ValueError, match="input_axes"):
+            normalise({"class_name": "HeNormal", "config": {"input_axes": bad, "output_axes": [4]}})
+    with pytest.raises(ValueError, match="do not fit"):
+        make({"class_name": "HeNormal", "config": {"input_axes": [7], "output_axes": [4]}}, (2, 2, 2, 3, 4))
+
+
+# --------------------------------------------------------------------------- against Keras's own draws
+KERAS_DRAWS = json.loads((Path(__file__).resolve().parent / "fixtures_import" / "initializers.json").read_text())
+DRAWS = [d for d in KERAS_DRAWS if "error" not in d]
+
+
+@pytest.mark.parametrize("draw", DRAWS, ids=[f"k{d['keras']}-{d['class_name']}-{i}" for i, d in enumerate(DRAWS)])
+def test_statistics_match_kerass_own_draws(draw):
+    """Same shape as Keras drew (10368 values): bounds, means and variances agree."""
+    cfg = {"class_name": draw["class_name"], "config": draw["config"]}
+    w = make(cfg, tuple(draw["shape"]), seed=11).astype(np.float64)
+    if draw["var"] == 0:  # zeros, ones, constant: exactly Keras's values
+        assert w.min() == pytest.approx(draw["min"]) and w.max() == pytest.approx(draw["max"]) and w.var() == 0
+        return
+    sd = math.sqrt(draw["var"])
+    assert w.var() == pytest.approx(draw["var"], rel=0.06)
+    assert abs(w.mean() - draw["mean"]) < 0.05 * sd
+    name = normalise(cfg)["name"]
+    spread = normalise(cfg)["config"].get("distribution")
+    if name in ("glorot_uniform", "he_uniform", "lecun_uniform", "random_uniform") or spread == "uniform":
+        # uniform: both reach the same limits
+        assert w.min() == pytest.approx(draw["min"], abs=0.01 * sd) and w.max() == pytest.approx(
+            draw["max"], abs=0.01 * sd
+        )
+    elif name == "orthogonal":
+        assert w.var() == pytest.approx(draw["var"], rel=2e-3) and draw["gram_error"] < 1e-5
+    elif name != "random_normal" and spread != "untruncated_normal":
+        # truncated at 2 standard deviations of the underlying normal: the extremes nearly touch it
+        assert max(abs(w.min() - draw["mean"]), w.max() - draw["mean"]) == pytest.approx(
+            max(abs(draw["min"] - draw["mean"]), draw["max"] - draw["mean"]), rel=0.02
+        )
+
+
+def test_identity_on_a_kernel_is_refused_like_keras():
+    errors = [d for d in KERAS_DRAWS if d["class_name"] == "Identity"]
+    assert {d["keras"] for d in errors} == {"2", "3"} and all("2D" in d["error"] or "2-D" in d["error"] for d in errors)
+    with pytest.raises(ValueError, match="2-D"):
+        make("identity", (3, 3, 3, 2, 2))
+
+
+def test_the_fixture_covers_every_initializer_kind():
+    covered = {normalise({"class_name": d["class_name"], "config": d["config"]})["name"] for d in DRAWS}
+    assert covered == set(NAMES) - {"identity"}

@@ -20,6 +20,7 @@ _REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
     "npy": ("npy", (".npy",)),
     "hdf5": ("hdf5", (".h5", ".hdf5", ".hdf", ".he5")),
     "nifti": ("nifti", (".nii", ".nii.gz")),
+    "zarr": ("zarr", (".zarr",)),  # a store (a directory); zarr itself is the optional dask extra
 }
 
 
@@ -28,7 +29,7 @@ def _module(fmt: str) -> Any:
 
 
 def format_of(path: Path | str) -> str:
-    name = str(path).lower()
+    name = str(path).lower().rstrip("/")
     for fmt, (_, suffixes) in _REGISTRY.items():
         if name.endswith(suffixes):
             return fmt
@@ -64,7 +65,12 @@ def create_writer(
 
 
 # Writer options each format understands (CLI flags --compression-level and --chunks).
-WRITER_OPTIONS = {"npy": (), "hdf5": ("compression_level", "chunks"), "nifti": ("compression_level",)}
+WRITER_OPTIONS = {
+    "npy": (),
+    "hdf5": ("compression_level", "chunks"),
+    "nifti": ("compression_level",),
+    "zarr": ("compression_level", "chunks", "zarr_format"),
+}
 _FLAGS = {"compression_level": "--compression-level", "chunks": "--chunks"}
 
 

@@ -1,0 +1,185 @@
+"""Reading untrusted model files without executing or extracting anything.
+
+- Zip archives (`.keras`) are read member by member, in memory or through a seekable member stream;
+  nothing is extracted to disk, and an archive holding a member name that could escape a directory
+  (absolute, `..`, backslashes, drive letters) is refused as a whole.
+- HDF5 groups are walked through hard links only: soft and external links and datasets with external
+  or virtual storage (which would read other files) are refused.
+- JSON and YAML are read with `json` and `yaml.safe_load` (no tags, so no Python objects).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SpecError
+
+# A config or metadata member larger than this is not a Keras config.
+MAX_TEXT_BYTES = 64 << 20
+# Arrays larger than this (elements; 1 GiB of float32) are refused before they are read: no real kernel is.
+MAX_ARRAY_ELEMENTS = 1 << 28
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def sniff(path: Path) -> str:
+    """'zip', 'hdf5', 'pickle', 'text' or 'unknown', from the first bytes of the file."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except IsADirectoryError:
+        return "directory"
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    if head.startswith(HDF5_MAGIC):
+        return "hdf5"
+    if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
+        return "zip"
+    if head[:1] == b"\x80" or head.startswith(b"\x8a\x0a"):  # pickle protocol >= 2, or torch's legacy magic
+        return "pickle"
+    stripped = head.lstrip()
+    if stripped[:1] in (b"{", b"[") or _looks_like_text(head):
+        return "text"
+    return "unknown"
+
+
+def _looks_like_text(head: bytes) -> bool:
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return bool(text) and all(ch.isprintable() or ch in "\t\r\n" for ch in text)
+
+
+_BAD_MEMBER = re.compile(r"(^/|^\\|^[A-Za-z]:|(^|/)\.\.(/|$)|\\|\x00)")
+
+
+def check_members(archive: zipfile.ZipFile, source: str) -> list[str]:
+    """Member names, after refusing any that could escape a directory if someone extracted them."""
+    names = archive.namelist()
+    for name in names:
+        if _BAD_MEMBER.search(name):
+            raise SpecError(
+                f"archive member {name!r} has an unsafe path (absolute, '..' or backslash); refused",
+                source=source,
+            )
+    return names
+
+
+def read_member(archive: zipfile.ZipFile, name: str, source: str, limit: int = MAX_TEXT_BYTES) -> bytes:
+    info = archive.getinfo(name)
+    if info.file_size > limit:
+        raise SpecError(f"archive member {name!r} is {info.file_size} bytes, over {limit}; refused", source=source)
+    with archive.open(info) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise SpecError(f"archive member {name!r} is larger than it claims; refused", source=source)
+    return data
+
+
+def load_json_bytes(data: bytes, source: str, what: str) -> Any:
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise SpecError(f"{what} is not valid JSON: {exc}", source=source) from None
+
+
+def load_text_config(path: Path) -> Any:
+    """A JSON or YAML document, read with the safe loader only (a Python tag is refused)."""
+    import yaml
+
+    src = str(path)
+    try:
+        size = path.stat().st_size
+        if size > MAX_TEXT_BYTES:
+            raise SpecError(f"{size} bytes is too large for a config file", source=src)
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError("file not found", source=src) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SpecError(f"cannot read: {exc}", source=src) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.constructor.ConstructorError as exc:
+        raise SpecError(f"YAML tag not allowed ({exc.problem}); configs are plain data", source=src) from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise SpecError(f"not valid JSON or YAML{where}: {getattr(exc, 'problem', exc)}", source=src) from None
+    if data is None:
+        raise SpecError("file is empty", source=src)
+    return data
+
+
+# --------------------------------------------------------------------------------------------- HDF5
+def h5_child(group: Any, name: str, source: str) -> Any:
+    """`group[name]` for a '/'-separated relative name, following hard links only."""
+    import h5py
+
+    node = group
+    for part in [p for p in name.split("/") if p]:
+        link = node.get(part, getlink=True)
+        if link is None:
+            return None
+        if not isinstance(link, h5py.HardLink):
+            kind = type(link).__name__
+            raise SpecError(f"HDF5 entry {node.name}/{part} is a {kind}; only plain entries are read", source=source)
+        node = node[part]
+    return node
+
+
+def h5_children(group: Any, source: str) -> Iterator[tuple[str, Any]]:
+    """(name, object) of a group's members, hard links only (others refused)."""
+    for name in group:
+        yield name, h5_child(group, name, source)
+
+
+def h5_array(dataset: Any, source: str, what: str) -> np.ndarray:
+    """A numeric dataset's values, refusing external or virtual storage and oversized arrays."""
+    import h5py
+
+    if not isinstance(dataset, h5py.Dataset):
+        raise SpecError(f"{what}: HDF5 entry {getattr(dataset, 'name', '?')} is not a dataset", source=source)
+    if dataset.is_virtual or dataset.external:
+        raise SpecError(f"{what}: dataset {dataset.name} stores its data in other files; refused", source=source)
+    if dataset.dtype.kind not in "fiu":
+        raise SpecError(f"{what}: dataset {dataset.name} has dtype {dataset.dtype}, not numbers", source=source)
+    if dataset.size > MAX_ARRAY_ELEMENTS:
+        raise SpecError(f"{what}: dataset {dataset.name} is too large ({dataset.shape})", source=source)
+    return np.asarray(dataset[()])
+
+
+def h5_attr_text(obj: Any, key: str) -> str | None:
+    value = obj.attrs.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    if isinstance(value, np.ndarray) and value.shape == ():
+        value = value[()]
+        return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return str(value)
+
+
+def h5_attr_list(obj: Any, key: str) -> list[str]:
+    value = obj.attrs.get(key)
+    if value is None:
+        return []
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in np.asarray(value).ravel()]
+
+
+def open_h5(fileobj: Any, source: str) -> Any:
+    import h5py
+
+    try:
+        return h5py.File(fileobj, "r")
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"not a readable HDF5 file: {exc}", source=source) from None
