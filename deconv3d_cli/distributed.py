@@ -46,6 +46,9 @@ from .io.zarr import require_extra
 
 SHARED_FORMATS = ("zarr", "npy")
 WINDOW_PER_THREAD = 4
+# Scheduling cost of one task beyond its own work (submit, dispatch, result, journal), measured by
+# benchmarks/dask_bench.py on a LocalCluster (1.2-1.6 ms); added to --dry-run's time estimate.
+TASK_OVERHEAD_S = 0.0015
 _ENGINES: dict[tuple, Any] = {}  # per worker process: engines by layer, channels, device, precision, path
 _ENGINE_CACHE = 4
 
@@ -175,7 +178,7 @@ def refuse_output(job: Any, writer_options: dict[str, Any]) -> None:
         raise InputError(
             f"a --scheduler run writes Zarr (or .npy on a filesystem all workers share), not {job.out_format}; "
             f"write {stem}.zarr, then convert it on one machine: deconv3d upsample {stem}.zarr -o {job.output.name} "
-            "--preset nearest --scale 1",
+            "--preset nearest --scale 1 --output-dtype keep",
             source=str(job.output),
         )
     why = chunk_misalignment(job, writer_options)
@@ -285,10 +288,11 @@ def _open_reader(ctx: TaskContext) -> Any:
 
 def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
     """A Dask task: read, compute and write `tiles` of the plan into the partial output, durably."""
-    from . import pipeline
+    from . import pipeline, regularizers
 
     job, opts = ctx.job, ctx.opts
     started = time.perf_counter()
+    activity = regularizers.ActivityAccumulator(job.spec.activity_regularizer)
     engine = _engine(ctx)
     if "zarr" in (job.out_format, ctx.in_format):
         _one_zarr_thread()
@@ -309,7 +313,7 @@ def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
         base = _base_rss()
         try:
             for tile in tiles:
-                clipped += pipeline.process_tile(job, reader, writer, engine, tile)
+                clipped += pipeline.process_tile(job, reader, writer, engine, tile, activity)
         finally:
             # Only this task's chunks: other tasks are writing theirs into the same store.
             getattr(writer, "release", writer.close)()
@@ -326,6 +330,7 @@ def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
         "rss_peak": peak,
         "device": str(engine.device),
         "torch_threads": _torch_threads_now(),
+        "activity": (activity.sum_abs, activity.sum_sq, activity.tiles),
     }
 
 
@@ -428,6 +433,9 @@ class _Output:
         self.tasks = 0
         self.devices: set[str] = set()
         self.threads: set[int] = set()
+        from .regularizers import ActivityAccumulator
+
+        self.activity = ActivityAccumulator(job.spec.activity_regularizer)
         self.memory: dict[int, int] = {}
         self.task_seconds = 0.0
 
@@ -451,6 +459,10 @@ class _Output:
         self.task_seconds += result["seconds"]
         self.devices.add(result["device"])
         self.threads.add(result["torch_threads"])
+        sum_abs, sum_sq, tiles = result["activity"]
+        self.activity.sum_abs += sum_abs
+        self.activity.sum_sq += sum_sq
+        self.activity.tiles += tiles
         grew = max(0, result["rss_peak"] - result["rss_base"])
         self.memory[result["worker"]] = max(self.memory.get(result["worker"], 0), grew)
         if time.monotonic() - self.last_record >= self.opts.flush_every:
@@ -503,6 +515,12 @@ class _Output:
             worker_peak_memory_bytes=max(self.memory.values(), default=0),
             worker_memory_bytes={str(k): v for k, v in sorted(self.memory.items())},
         )
+        from types import SimpleNamespace
+
+        from .regularizers import run_report_for
+
+        kernel, bias = (None, None) if job.spec.kernel is not None else job.spec.materialise(self.ctx.channels)
+        result.update(run_report_for(job, SimpleNamespace(weight=kernel, bias=bias), self.activity))
         return result
 
     def abort(self) -> None:
@@ -969,8 +987,9 @@ def dry_run(
         if measure:
             torch_threads = _torch_threads(opts, threads) if opts.scheduler else threads
             timing = measure_tile(job, opts, torch_threads)
-            one = timing["seconds_per_tile"] * len(plan)
+            one = (timing["seconds_per_tile"] + TASK_OVERHEAD_S) * len(plan)
             sizing.update(timing)
+            sizing["scheduler_overhead_s_per_task"] = TASK_OVERHEAD_S
             sizing["tile_voxels_per_s"] = round(write_task / timing["seconds_per_tile"], 1)
             sizing["estimated_seconds_one_worker"] = round(one, 3)
             sizing["estimated_seconds"] = round(one / (workers or 1), 3)
@@ -1003,8 +1022,8 @@ def describe_lines(report: dict[str, Any]) -> list[str]:
         one = d["estimated_seconds_one_worker"]
         text = (
             f"  estimated time: {_duration(one)} on one worker like this machine "
-            f"({d['seconds_per_tile']:.3g} s per tile with {d['torch_threads']} CPU thread(s) on {d['device']}, "
-            "compute only)"
+            f"({d['seconds_per_tile']:.3g} s per tile with {d['torch_threads']} CPU thread(s) on {d['device']} "
+            f"+ {1000 * d['scheduler_overhead_s_per_task']:.1f} ms scheduling per task; storage I/O not included)"
         )
         if d.get("workers"):
             text += f"; {_duration(d['estimated_seconds'])} on {d['workers']}"

@@ -311,10 +311,17 @@ def write_tile(job: Prepared, writer: Any, tile: Tile, data: np.ndarray) -> None
     writer.write(job.out_layout.region(tile.out, tile.batch), data)
 
 
-def process_tile(job: Prepared, reader: Any, writer: Any, engine: Any, tile: Tile) -> int:
+def process_tile(
+    job: Prepared,
+    reader: Any,
+    writer: Any,
+    engine: Any,
+    tile: Tile,
+    activity: regularizers.ActivityAccumulator | None = None,
+) -> int:
     """Read, compute and write one tile in the calling thread; returns the clipped voxel count."""
     slab = read_tile(job, reader, tile)
-    data, clipped = compute_tile(job, engine, slab, tile)
+    data, clipped = compute_tile(job, engine, slab, tile, activity=activity)
     del slab
     write_tile(job, writer, tile, data)
     return clipped

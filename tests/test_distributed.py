@@ -158,7 +158,8 @@ def test_a_killed_worker_is_replaced_and_the_result_is_exact(client, tmp_path):
 def test_worker_memory_stays_within_the_limit_and_the_window_is_bounded(client, tmp_path):
     client.restart()  # fresh workers: their peak above the footprint before the first tile is this run's
     rng = np.random.default_rng(2)
-    spec = make_spec(rng, 2, filters=4, kernel_size=4)
+    l1l2 = {"class_name": "L1L2", "config": {"l1": 0.3, "l2": 0.2}}
+    spec = make_spec(rng, 2, filters=4, kernel_size=4, activity_regularizer=l1l2)
     src = write_input(tmp_path / "in.npy", rng.standard_normal((48, 48, 48, 2)).astype(np.float32))
     limit = 32 << 20
     report = dd.run_one(spec, src, tmp_path / "out.zarr", opts(memory_limit=limit), client=client, window=3)
@@ -166,6 +167,9 @@ def test_worker_memory_stays_within_the_limit_and_the_window_is_bounded(client, 
     assert report["memory_estimate_bytes"] <= limit
     assert 0 < report["worker_peak_memory_bytes"] <= limit, report["worker_memory_bytes"]
     assert len(report["worker_memory_bytes"]) == 2  # both workers took tasks
+    y = read(tmp_path / "out.zarr").astype(np.float64)  # the activity penalty, summed over every task's tiles
+    want = 0.3 * np.abs(y).sum() + 0.2 * (y**2).sum()
+    assert report["regularization"]["activity"]["value"] == pytest.approx(want, rel=1e-6)
 
 
 @pytest.mark.slow

@@ -316,7 +316,17 @@ def test_sigkill_then_resume_a_zarr_output(tmp_path):
     spec_path = spec.save(tmp_path / "layer.yaml")
     x = np.random.default_rng(6).standard_normal((32, 32, 32, 2)).astype(np.float32)
     np.save(tmp_path / "in.npy", x)
-    common = ["--spec", str(spec_path), "--tile", "16,16,16", "--chunks", "16,16,16", "--no-progress", "--device", "cpu"]
+    common = [
+        "--spec",
+        str(spec_path),
+        "--tile",
+        "16,16,16",
+        "--chunks",
+        "16,16,16",
+        "--no-progress",
+        "--device",
+        "cpu",
+    ]
     cli = [sys.executable, "-m", "deconv3d_cli", "upsample", str(tmp_path / "in.npy")]
     target = tmp_path / "out.zarr"
     proc = subprocess.Popen([*cli, "-o", str(target), "--checkpoint-every", "0", *common], stderr=subprocess.PIPE)
@@ -334,7 +344,11 @@ def test_sigkill_then_resume_a_zarr_output(tmp_path):
     report = json.loads(done.stdout)
     assert report["resumed_tiles"] > 0
     forced_run(
-        spec, tmp_path / "in.npy", tmp_path / "ref.npy", Options(progress=False, tile=(16, 16, 16)), report["engine_path"]
+        spec,
+        tmp_path / "in.npy",
+        tmp_path / "ref.npy",
+        Options(progress=False, tile=(16, 16, 16)),
+        report["engine_path"],
     )
     assert np.array_equal(load(target), np.load(tmp_path / "ref.npy"))
     assert not partial_path(target).exists() and not journal_path(target).exists()

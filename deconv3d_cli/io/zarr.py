@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 
+from ..atomic import PARTIAL_PREFIX
 from ..errors import InputError
 from ..layout import CHANNELS_FIRST, Layout
 from .base import VolumeMeta
@@ -88,8 +89,9 @@ def require_extra(module: str, purpose: str) -> Any:
     return mod
 
 
-def _zarr(path: Path | str) -> Any:
-    return require_extra("zarr", f"{path}: Zarr")
+def _zarr(path: Path | str | None = None) -> Any:
+    name = None if path is None else Path(path).name.removeprefix(PARTIAL_PREFIX)  # the target, not its partial
+    return require_extra("zarr", "Zarr" if name is None else f"{name}: Zarr")
 
 
 # ----------------------------------------------------------------------------------------- NGFF
