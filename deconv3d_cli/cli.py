@@ -172,6 +172,14 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
 @click.option(
+    "--engine-path",
+    type=click.Choice(["auto", "transpose", "transpose_cl", "phase", "phase_cl"]),
+    default="auto",
+    show_default=True,
+    help="Engine formulation (auto: the fastest on the first slab). All are exact; fixing one makes runs on "
+    "other machines or thread counts agree to the last bit.",
+)
+@click.option(
     "--fourth-axis",
     type=click.Choice(["auto", "channels", "series"], case_sensitive=False),
     default="auto",
@@ -229,6 +237,7 @@ def upsample(
     as_json: bool,
     progress: bool,
     threads: int | None,
+    engine_path: str,
     checkpoint_every: float,
     fourth_axis: str = "auto",
     preview_png: Path | None = None,
@@ -283,6 +292,7 @@ def upsample(
             k: v for k, v in {"compression_level": compression_level, "chunks": chunks}.items() if v is not None
         },
         flush_every=checkpoint_every,
+        engine_path=engine_path,
         boundary=(boundary or ("zeros" if preset is None else "replicate")).lower(),
         scheduler=scheduler,
     )

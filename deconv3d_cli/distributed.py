@@ -262,9 +262,9 @@ def _choose_path(ctx: TaskContext) -> str | None:
     choose = getattr(engine, "choose_path", None)
     if choose is None:
         return None
-    first = next(iter(ctx.job.plan.tiles()))
-    shape = (first.batch.stop - first.batch.start, engine.in_channels, *(max(s.stop - s.start, 1) for s in first.src))
-    return choose(shape)
+    from .pipeline import first_slab_shape
+
+    return choose(first_slab_shape(ctx.job, engine.in_channels))
 
 
 def _identity(value: Any) -> Any:
@@ -389,9 +389,13 @@ class _Output:
             ctx.engine_path = earlier["engine_path"]
         elif engine_path:
             ctx.engine_path = engine_path
+        elif opts.engine_path != "auto":
+            ctx.engine_path = opts.engine_path
         else:
             ctx.engine_path = client.submit(_choose_path, ctx, key=f"deconv3d-path-{self.token}", pure=False).result()
-        header = {**job.header(), "engine_path": ctx.engine_path}
+        if earlier and earlier.get("torch_threads"):  # the interrupted run's rounding, as pipeline.settle_engine
+            ctx.torch_threads = int(earlier["torch_threads"])
+        header = {**job.header(), "engine_path": ctx.engine_path, "torch_threads": ctx.torch_threads}
         self.target = OutputTarget(job.output, header, overwrite=opts.overwrite, resume=opts.resume)
         self.resumed = self.target.open()
         try:

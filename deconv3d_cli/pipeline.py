@@ -49,6 +49,8 @@ class Options:
     writer_options: dict[str, Any] = field(default_factory=dict)
     # A Dask scheduler address or local[:N]: distributed.py runs the plan as Dask tasks (None: threads here).
     scheduler: str | None = None
+    # auto: time the formulations on the first slab; or one of engine.paths.PATHS.
+    engine_path: str = "auto"
 
 
 @dataclass
@@ -327,6 +329,32 @@ def process_tile(
     return clipped
 
 
+def first_slab_shape(job: Prepared, channels: int) -> tuple[int, ...]:
+    """(N, C, D, H, W) of the plan's first input slab: what the engine's formulation is timed on."""
+    first = next(iter(job.plan.tiles()))
+    return (first.batch.stop - first.batch.start, channels, *(max(s.stop - s.start, 1) for s in first.src))
+
+
+def settle_engine(job: Prepared, engine: Any, opts: Options) -> dict[str, Any]:
+    """Fix the engine's formulation and thread count for this output; they go in the resume journal.
+
+    Formulations (and oneDNN's thread count) differ in float rounding, so a resumed output takes the
+    ones recorded by the interrupted run, and the finished file equals an uninterrupted one bit for bit.
+    """
+    import torch
+
+    earlier = journal_header(job.output) if opts.resume else None
+    if earlier and earlier.get("engine_path") in engine.available_paths():
+        engine.force_path(earlier["engine_path"])
+        if earlier.get("torch_threads") and engine.device.type == "cpu":
+            torch.set_num_threads(int(earlier["torch_threads"]))
+    elif opts.engine_path != "auto":
+        engine.force_path(opts.engine_path)
+    elif engine.path is None:
+        engine.choose_path(first_slab_shape(job, engine.in_channels))
+    return {"engine_path": engine.path, "torch_threads": torch.get_num_threads()}
+
+
 def execute(
     job: Prepared,
     engine: Any,
@@ -334,17 +362,7 @@ def execute(
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Compute every tile of the plan into a partial file, then atomically move it onto the target."""
-    # The engine's formulation is part of what must match on --resume: paths differ in rounding, and a
-    # resumed file must equal an uninterrupted run bit for bit.
-    earlier = journal_header(job.output) if opts.resume else None
-    if earlier and earlier.get("engine_path") in engine.available_paths():
-        engine.force_path(earlier["engine_path"])
-    elif engine.path is None:
-        first = next(iter(job.plan.tiles()))
-        engine.choose_path(
-            (first.batch.stop - first.batch.start, engine.in_channels, *(max(s.stop - s.start, 1) for s in first.src))
-        )
-    header = {**job.header(), "engine_path": engine.path}
+    header = {**job.header(), **settle_engine(job, engine, opts)}
     target = OutputTarget(job.output, header, overwrite=opts.overwrite, resume=opts.resume)
     resumed = target.open()
     writer = None
