@@ -27,6 +27,7 @@ from .errors import InputError
 from .layout import Layout
 from .spec import LayerSpec
 from .tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, Tile, make_plan
+from .transfer import Transfers
 
 FLOAT_DTYPES = ("float32", "float64", "float16")
 
@@ -248,19 +249,24 @@ class _Pool:
     allocator's heap; a fixed set of buffers avoids both and bounds the tiles in flight.
     """
 
-    def __init__(self, count: int, nbytes: int) -> None:
+    def __init__(self, count: int, nbytes: int, make: Callable[[int], np.ndarray] | None = None) -> None:
         self.free: queue.Queue[np.ndarray] = queue.Queue()
         for _ in range(count):
-            self.free.put(np.empty(max(nbytes, 1), np.uint8))
+            self.free.put(make(nbytes) if make else np.empty(max(nbytes, 1), np.uint8))
 
     def view(self, buf: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return buf[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
 
 
-def _store(y: Any, host: np.ndarray) -> int:
-    """Copy the tile into `host` in its dtype; integers are rounded and clipped, clipped voxels counted."""
+def _store(y: Any, host: np.ndarray, transfers: Any = None) -> int:
+    """Copy the tile into `host` in its dtype; integers are rounded and clipped, clipped voxels counted.
+
+    With CUDA `transfers`, a float tile's copy is started asynchronously (the writer waits for it).
+    """
     import torch
 
+    if transfers is not None and transfers.download(y, host):
+        return 0
     if host.dtype.kind == "f":
         torch.from_numpy(host).copy_(y)
         return 0
@@ -292,6 +298,7 @@ def compute_tile(
     tile: Tile,
     alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None,
     activity: regularizers.ActivityAccumulator | None = None,
+    transfers: Any = None,
 ) -> tuple[np.ndarray, int]:
     """The output tile in the stored dtype and axis order, and how many voxels were clipped to it.
 
@@ -305,7 +312,7 @@ def compute_tile(
     # One compact array in the stored order (torch's copy is multi-threaded); the slab's uncropped
     # output is freed when this returns, before the next tile.
     host = np.empty(tuple(y.shape), job.out_dtype) if alloc is None else alloc(tuple(y.shape))
-    clipped = _store(y, host)
+    clipped = _store(y, host, transfers)
     return job.in_layout.squeeze_ncdhw(host, filters), clipped
 
 
@@ -391,12 +398,13 @@ def execute(
         q_in: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
         q_out: queue.Queue[Any] = queue.Queue(maxsize=WRITE_BEHIND)
         tile_bytes = plan.batch_step * filters * int(np.prod(plan.tile_shape)) * job.out_dtype.itemsize
-        pool = _Pool(WRITE_BEHIND + 2, tile_bytes)
+        transfers = Transfers(engine.device)
+        pool = _Pool(WRITE_BEHIND + 2, tile_bytes, transfers.host_buffer)
 
         def read_stage() -> None:
             try:
                 for tile in todo:
-                    _put(q_in, (tile, read_tile(job, job.reader, tile)), stop)
+                    _put(q_in, (tile, transfers.upload(read_tile(job, job.reader, tile))), stop)
                 _put(q_in, None, stop)
             except _Stop:
                 pass
@@ -415,6 +423,7 @@ def execute(
                     if item is None:
                         break
                     tile, data, buf = item
+                    transfers.wait(buf)
                     write_tile(job, writer, tile, data)
                     pool.free.put(buf)
                     with written_lock:
@@ -470,7 +479,7 @@ def execute(
                     break
                 tile, slab = item
                 del item
-                data, n_clipped = compute_tile(job, engine, slab, tile, recycled, activity)
+                data, n_clipped = compute_tile(job, engine, transfers.ready(slab), tile, recycled, activity, transfers)
                 del slab
                 clipped[0] += n_clipped
                 _put(q_out, (tile, data, held.pop()), stop)
