@@ -61,8 +61,13 @@ def phase(
     stride: Sequence[int],
     filters: int,
     cl: bool,
+    cl_out: bool = False,
 ) -> torch.Tensor:
-    """Full output (length Q*s >= (I-1)*s + k per axis; the extra tail holds the bias only)."""
+    """Full output (length Q*s >= (I-1)*s + k per axis; the extra tail holds the bias only).
+
+    `cl` feeds the conv3d a channels_last_3d input; `cl_out` shuffles straight into channels_last
+    memory (what a channels_last array wants), saving a transposing copy later.
+    """
     kp = pweight.shape[2:]
     if any(k > 1 for k in kp):
         x = F.pad(x, [p for k in reversed(kp) for p in (k - 1, k - 1)])
@@ -74,7 +79,7 @@ def phase(
     y = F.conv3d(x, pweight, bias)
     n, q = y.shape[0], y.shape[2:]
     y = y.reshape(n, filters, s[0], s[1], s[2], *q)
-    if cl:  # shuffle straight into channels_last order: (N, D, H, W, F) memory, viewed as NCDHW
+    if cl_out:  # shuffle straight into channels_last order: (N, D, H, W, F) memory, viewed as NCDHW
         y = y.permute(0, 5, 2, 6, 3, 7, 4, 1).reshape(n, q[0] * s[0], q[1] * s[1], q[2] * s[2], filters)
         return y.permute(0, 4, 1, 2, 3)
     y = y.permute(0, 1, 5, 2, 6, 3, 7, 4)
