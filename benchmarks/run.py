@@ -58,8 +58,11 @@ def preset_name(p) -> str:
 
 
 # ----------------------------------------------------------------------------- worker side
-def _median_ms(fn, repeats: int) -> float:
-    fn()
+def _median_ms(fn, repeats: int, warmup: int = 3) -> float:
+    """Median after `warmup` calls: allocators (glibc's heap here, TensorFlow's BFC) reach their steady
+    state only once a few volume-sized buffers have been freed and reused."""
+    for _ in range(warmup):
+        fn()
     ts = []
     for _ in range(repeats):
         t = time.perf_counter()

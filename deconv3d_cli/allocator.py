@@ -32,7 +32,7 @@ def keep_freed_memory() -> bool:
             try:
                 mallopt = ctypes.CDLL(None).mallopt
                 mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-                on = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, 2**31 - 1))
+                on = bool(mallopt(M_MMAP_MAX, 0)) and bool(mallopt(M_TRIM_THRESHOLD, -1))  # -1: never trim
                 mallopt(M_TOP_PAD, 64 << 20)
             except (OSError, AttributeError):
                 on = False

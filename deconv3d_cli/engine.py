@@ -130,6 +130,24 @@ class Engine:
         bias = None if self.bias is None else self.bias.view(-1)  # conv3d's fused bias is free
         return paths.phase(x, self._pweight, bias, s.strides, s.filters, cl=cl, cl_out=self.channels_last_out)
 
+    def _phase_window(self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
+        s = self.spec
+        if self._pweight is None:
+            self._pweight = paths.phase_weight(self.weight, s.strides)
+        bias = None if self.bias is None else self.bias.view(-1)
+        return paths.phase_window(
+            x,
+            self._pweight,
+            bias,
+            s.strides,
+            s.filters,
+            offsets,
+            sizes,
+            cl=self.path.endswith("_cl"),
+            cl_out=self.channels_last_out,
+            fill=self._bias_only,
+        )
+
     def choose_path(self, x: torch.Tensor | Sequence[int]) -> str:
         """Time every formulation on a small crop of the first slab (or a slab shape) and keep the fastest."""
         if not isinstance(x, torch.Tensor):
@@ -151,9 +169,15 @@ class Engine:
             return self.path
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
 
+        whole = [
+            geometry.full_length(n, k, st, d)
+            for n, k, st, d in zip(proxy.shape[2:], s.kernel_size, s.strides, s.dilation_rate)
+        ]
+
         def timed(name: str):
-            def run():  # the conversion to the layout the caller stores counts too
-                y = self._run(name, proxy).contiguous(memory_format=self.out_memory_format)
+            def run():  # a whole tile as the pipeline computes it, in the layout the caller stores
+                self.path = name
+                y = self._tile_once(proxy, (0, 0, 0), tuple(whole)).contiguous(memory_format=self.out_memory_format)
                 sync()
                 return y
 
@@ -207,8 +231,12 @@ class Engine:
         if any(v == 0 for v in x.shape[2:]):
             y = self._bias_only((x.shape[0], self.spec.filters, *sizes))
         else:
-            # The bias is fused into the convolution; positions outside its output get it here.
-            y = _window(self.full(x), offsets, sizes, self._bias_only)
+            if self.path is None:
+                self.choose_path(x)
+            if self.path.startswith("phase"):  # shuffle and crop in one pass, straight into the tile
+                y = self._phase_window(x, offsets, sizes)
+            else:  # the bias is in the full output; positions outside it get it from _bias_only
+                y = _window(self.full(x), offsets, sizes, self._bias_only)
         return activations.apply(self.spec.activation, y, self.softmax_dim)
 
     def _tile_or_split(self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:

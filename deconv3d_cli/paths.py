@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from itertools import product
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,18 @@ def phase_weight(weight: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
     return w.reshape(f * s[0] * s[1] * s[2], c, *kp).contiguous()
 
 
+def _phase_conv(x: torch.Tensor, pweight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int], cl: bool):
+    """The conv3d of all phases: (N, F*sd*sh*sw, Qd, Qh, Qw); phase r of position q is full output q*s + r."""
+    kp = pweight.shape[2:]
+    if any(k > 1 for k in kp):
+        x = F.pad(x, [p for k in reversed(kp) for p in (k - 1, k - 1)])
+    if cl:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    if bias is not None:  # every phase of filter f carries bias[f]; conv3d's fused bias is free
+        bias = bias.repeat_interleave(stride[0] * stride[1] * stride[2])
+    return F.conv3d(x, pweight, bias)
+
+
 def phase(
     x: torch.Tensor,
     pweight: torch.Tensor,
@@ -68,15 +81,8 @@ def phase(
     `cl` feeds the conv3d a channels_last_3d input; `cl_out` shuffles straight into channels_last
     memory (what a channels_last array wants), saving a transposing copy later.
     """
-    kp = pweight.shape[2:]
-    if any(k > 1 for k in kp):
-        x = F.pad(x, [p for k in reversed(kp) for p in (k - 1, k - 1)])
-    if cl:
-        x = x.contiguous(memory_format=torch.channels_last_3d)
     s = list(stride)
-    if bias is not None:  # every phase of filter f carries bias[f]
-        bias = bias.repeat_interleave(s[0] * s[1] * s[2])
-    y = F.conv3d(x, pweight, bias)
+    y = _phase_conv(x, pweight, bias, s, cl)
     n, q = y.shape[0], y.shape[2:]
     y = y.reshape(n, filters, s[0], s[1], s[2], *q)
     if cl_out:  # shuffle straight into channels_last order: (N, D, H, W, F) memory, viewed as NCDHW
@@ -84,6 +90,52 @@ def phase(
         return y.permute(0, 4, 1, 2, 3)
     y = y.permute(0, 1, 5, 2, 6, 3, 7, 4)
     return y.reshape(n, filters, q[0] * s[0], q[1] * s[1], q[2] * s[2])
+
+
+def phase_window(
+    x: torch.Tensor,
+    pweight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    filters: int,
+    offsets: Sequence[int],
+    sizes: Sequence[int],
+    cl: bool,
+    cl_out: bool,
+    fill: Callable[[tuple[int, ...]], torch.Tensor],
+) -> torch.Tensor:
+    """Full output positions [offset, offset + size) per axis, shuffled and cropped in one pass.
+
+    Output position o is full position o + offset = q*s + r: phase r's rows land at o = q*s + r - offset,
+    a strided slice of the tile, so each phase is one strided copy and no full-size intermediate exists.
+    Positions no phase row reaches (outside the conv's span) keep `fill`'s values (the bias).
+    """
+    s = list(stride)
+    y = _phase_conv(x, pweight, bias, s, cl)
+    n, q = y.shape[0], y.shape[2:]
+    phases = y.view(n, filters, s[0], s[1], s[2], *q)
+    inside = all(o >= 0 and o + m <= qq * ss for o, m, qq, ss in zip(offsets, sizes, q, s))
+    shape = (n, filters, *sizes)
+    if inside:
+        fmt = torch.channels_last_3d if cl_out else torch.contiguous_format
+        out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt)
+    else:
+        out = fill(shape)
+        if cl_out:
+            out = out.contiguous(memory_format=torch.channels_last_3d)
+    for r in product(*(range(ss) for ss in s)):
+        src, dst = [], []
+        for a in range(3):
+            q0 = max(-((r[a] - offsets[a]) // s[a]), 0)  # first q with q*s + r >= offset
+            o0 = q0 * s[a] + r[a] - offsets[a]
+            count = min(-(-(sizes[a] - o0) // s[a]) if o0 < sizes[a] else 0, q[a] - q0)
+            if count <= 0:
+                break
+            src.append(slice(q0, q0 + count))
+            dst.append(slice(o0, o0 + (count - 1) * s[a] + 1, s[a]))
+        else:
+            out[(slice(None), slice(None), *dst)] = phases[(slice(None), slice(None), *r, *src)]
+    return out
 
 
 def fastest(candidates: dict[str, Callable[[], torch.Tensor]], repeats: int = 3) -> tuple[str, dict[str, float]]:
