@@ -54,7 +54,7 @@ REGULARIZERS = regularizers.DEFAULTS
 CONSTRAINTS = constraints.DEFAULTS
 
 
-def _triple(value: Any, name: str, source: str | None, minimum: int = 1) -> Triple:
+def parse_triple(value: Any, name: str, source: str | None, minimum: int = 1) -> Triple:
     if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
         vals = (int(value),) * 3
     elif (
@@ -91,7 +91,7 @@ def _padding(value: Any, source: str | None) -> str | Triple:
             field="padding",
         )
     if isinstance(value, (list, tuple)) and len(value) == 3:
-        return _triple(list(value), "padding", source, minimum=0)
+        return parse_triple(list(value), "padding", source, minimum=0)
     raise SpecError(
         f"{value!r} is not supported; use 'valid' or 'same' (or [p_d, p_h, p_w], PyTorch's padding)",
         source=source,
@@ -144,9 +144,9 @@ class LayerSpec:
             raise SpecError(f"must be a positive integer, got {filters!r}", source=src, field="filters")
         if get("kernel_size") is None:
             raise SpecError("is required, e.g. 3 or [3, 3, 3]", source=src, field="kernel_size")
-        kernel_size = _triple(get("kernel_size"), "kernel_size", src)
-        strides = _triple(get("strides", 1), "strides", src)
-        dilation = _triple(get("dilation_rate", 1), "dilation_rate", src)
+        kernel_size = parse_triple(get("kernel_size"), "kernel_size", src)
+        strides = parse_triple(get("strides", 1), "strides", src)
+        dilation = parse_triple(get("dilation_rate", 1), "dilation_rate", src)
         padding = _padding(get("padding", "valid"), src)
         explicit = not isinstance(padding, str)  # PyTorch's padding: torch's rules, not Keras's, apply below
         data_format = get("data_format") or CHANNELS_LAST
@@ -163,7 +163,7 @@ class LayerSpec:
                 field="dilation_rate",
             )
         op = get("output_padding")
-        output_padding = None if op is None else _triple(op, "output_padding", src, minimum=0)
+        output_padding = None if op is None else parse_triple(op, "output_padding", src, minimum=0)
         if output_padding is not None and explicit:
             # torch.nn.ConvTranspose3d: "output padding must be smaller than either stride or dilation".
             for axis, (p, s, d) in enumerate(zip(output_padding, strides, dilation)):
@@ -309,26 +309,11 @@ class LayerSpec:
     @classmethod
     def from_yaml(cls, path: os.PathLike | str) -> LayerSpec:
         """Read a YAML (or JSON) spec; `weights:` is resolved beside the spec file."""
-        import yaml
+        from .importers.safe import load_text_config  # the one safe YAML/JSON reader
 
         path = Path(path)
         src = str(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise SpecError("spec file not found", source=src) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SpecError(f"cannot read spec: {exc}", source=src) from None
-        try:
-            data = yaml.safe_load(text)
-        except yaml.constructor.ConstructorError as exc:
-            raise SpecError(f"YAML tag not allowed ({exc.problem}); specs are plain data", source=src) from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-            raise SpecError(f"not valid YAML{where}: {getattr(exc, 'problem', exc)}", source=src) from None
-        if data is None:
-            raise SpecError("spec file is empty", source=src)
+        data = load_text_config(path)
         return cls.from_mapping(data, source=src, base_dir=path.parent)
 
     # ----------------------------------------------------------------- weights

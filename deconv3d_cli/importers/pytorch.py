@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from ..spec import LayerSpec
+from ..spec import LayerSpec, parse_triple
 from . import Candidate, Imported, choose, safe
 
 KIND = "ConvTranspose3d"
@@ -107,20 +107,13 @@ def list_layers(path: Path) -> tuple[str, list[Candidate]]:
 
 
 def _triple(value: Any, name: str, src: str, minimum: int) -> tuple[int, int, int]:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        vals = (int(value),) * 3
-    elif (
-        isinstance(value, (list, tuple))
-        and len(value) in (1, 3)
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-    ):
-        vals = tuple(int(v) for v in value) * (3 if len(value) == 1 else 1)
-    else:
-        hint = " (ConvTranspose3d takes no string padding)" if name == "padding" and isinstance(value, str) else ""
-        raise SpecError(f"expected an integer or 3 integers, got {value!r}{hint}", source=src, field=name)
-    if any(v < minimum for v in vals):
-        raise SpecError(f"every value must be >= {minimum}, got {list(vals)}", source=src, field=name)
-    return vals  # type: ignore[return-value]
+    if isinstance(value, str) and name == "padding":
+        raise SpecError(
+            f"expected an integer or 3 integers, got {value!r} (ConvTranspose3d takes no string padding)",
+            source=src,
+            field=name,
+        )
+    return parse_triple(value, name, src, minimum)
 
 
 def _sidecar_args(sidecar: Path | None, prefix: str) -> dict[str, Any]:
