@@ -133,6 +133,9 @@ class FileResult:
             "device": d.get("device"),
             "seconds": d.get("seconds"),
             "voxels_per_s": d.get("voxels_per_s"),
+            "engine_path": d.get("engine_path"),
+            "constraints": d.get("constraints"),
+            "regularization": d.get("regularization"),
         }
 
 

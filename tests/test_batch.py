@@ -116,5 +116,8 @@ def test_report_json_keys_are_stable():
         "device",
         "seconds",
         "voxels_per_s",
+        "engine_path",
+        "constraints",
+        "regularization",
     }
     assert doc["totals"]["done"] == 1 and doc["exit_code"] == 0
