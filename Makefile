@@ -46,6 +46,7 @@ golden:
 	$(PYTHON) -m venv .venv-golden
 	.venv-golden/bin/python -m pip install -q h5py PyYAML 'tensorflow-cpu>=2.15' 'tf-keras>=2.15'
 	.venv-golden/bin/python tests/golden/make_golden.py
+	.venv-golden/bin/python tests/fixtures_import/make_fixtures.py
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
