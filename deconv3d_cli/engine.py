@@ -118,12 +118,12 @@ class Engine:
             raise SpecError(f"engine path {name!r} is not available here; use {', '.join(self.available_paths())}")
         self.path = name
 
-    def _run(self, name: str, x: torch.Tensor) -> torch.Tensor:
+    def _run(self, name: str, x: torch.Tensor, crop: Sequence[int] = (0, 0, 0)) -> torch.Tensor:
         s = self.spec
         cl = name.endswith("_cl")
         if name.startswith("transpose"):
             # torch's transposed convolution with a bias runs up to 3x slower (measured): add it after.
-            y = paths.transpose(x, self.weight, None, s.strides, s.dilation_rate, cl=cl)
+            y = paths.transpose(x, self.weight, None, s.strides, s.dilation_rate, cl=cl, crop=crop)
             return y if self.bias is None else y.add_(self.bias)
         if self._pweight is None:
             self._pweight = paths.phase_weight(self.weight, s.strides)
@@ -235,8 +235,20 @@ class Engine:
                 self.choose_path(x)
             if self.path.startswith("phase"):  # shuffle and crop in one pass, straight into the tile
                 y = self._phase_window(x, offsets, sizes)
-            else:  # the bias is in the full output; positions outside it get it from _bias_only
-                y = _window(self.full(x), offsets, sizes, self._bias_only)
+            else:
+                # torch crops `padding` voxels from both ends of each axis without computing them: use
+                # the part of the window's margins that is symmetric, and cut the rest from the result.
+                full = [
+                    geometry.full_length(n, k, st, d)
+                    for n, k, st, d in zip(
+                        x.shape[2:], self.spec.kernel_size, self.spec.strides, self.spec.dilation_rate
+                    )
+                ]
+                crop = tuple(max(0, min(o, length - o - m)) for o, m, length in zip(offsets, sizes, full))
+                with torch.inference_mode():
+                    y = self._run(self.path, x, crop)
+                # the bias is in the convolved part; positions outside it get it from _bias_only
+                y = _window(y, tuple(o - c for o, c in zip(offsets, crop)), sizes, self._bias_only)
         return activations.apply(self.spec.activation, y, self.softmax_dim)
 
     def _tile_or_split(self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:

@@ -28,10 +28,12 @@ def transpose(
     stride: Sequence[int],
     dilation: Sequence[int],
     cl: bool,
+    crop: Sequence[int] = (0, 0, 0),
 ) -> torch.Tensor:
+    """The uncropped output less `crop` voxels at both ends of each axis (torch's `padding`)."""
     if cl:
         x = x.contiguous(memory_format=torch.channels_last_3d)
-    return F.conv_transpose3d(x, weight, bias, stride=tuple(stride), dilation=tuple(dilation))
+    return F.conv_transpose3d(x, weight, bias, stride=tuple(stride), padding=tuple(crop), dilation=tuple(dilation))
 
 
 def phase_weight(weight: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
@@ -55,11 +57,30 @@ def phase_weight(weight: torch.Tensor, stride: Sequence[int]) -> torch.Tensor:
     return w.reshape(f * s[0] * s[1] * s[2], c, *kp).contiguous()
 
 
-def _phase_conv(x: torch.Tensor, pweight: torch.Tensor, bias: torch.Tensor | None, stride: Sequence[int], cl: bool):
-    """The conv3d of all phases: (N, F*sd*sh*sw, Qd, Qh, Qw); phase r of position q is full output q*s + r."""
+def _phase_conv(
+    x: torch.Tensor,
+    pweight: torch.Tensor,
+    bias: torch.Tensor | None,
+    stride: Sequence[int],
+    cl: bool,
+    rows: Sequence[tuple[int, int]] | None = None,
+) -> torch.Tensor:
+    """The conv3d of all phases: (N, F*sd*sh*sw, Qd, Qh, Qw); phase r of position q is full output q*s + r.
+
+    Q = I + K' - 1 per axis; `rows` = [(q_lo, q_hi), ...] computes only those q (the input is sliced
+    and zero-padded to match), so a tile costs what it needs and no more.
+    """
     kp = pweight.shape[2:]
-    if any(k > 1 for k in kp):
-        x = F.pad(x, [p for k in reversed(kp) for p in (k - 1, k - 1)])
+    if rows is None:
+        rows = [(0, n + k - 1) for n, k in zip(x.shape[2:], kp)]
+    index, pads = [slice(None), slice(None)], []
+    for (q_lo, q_hi), k, n in zip(rows, kp, x.shape[2:]):
+        lo, hi = q_lo - (k - 1), q_hi  # conv row q reads padded rows q .. q + K' - 1, i.e. input q - K' + 1 .. q
+        index.append(slice(max(lo, 0), min(hi, n)))
+        pads.append((max(-lo, 0), max(hi - n, 0)))
+    x = x[tuple(index)]
+    if any(p for pair in pads for p in pair):
+        x = F.pad(x, [p for pair in reversed(pads) for p in pair])
     if cl:
         x = x.contiguous(memory_format=torch.channels_last_3d)
     if bias is not None:  # every phase of filter f carries bias[f]; conv3d's fused bias is free
@@ -111,27 +132,35 @@ def phase_window(
     Positions no phase row reaches (outside the conv's span) keep `fill`'s values (the bias).
     """
     s = list(stride)
-    y = _phase_conv(x, pweight, bias, s, cl)
-    n, q = y.shape[0], y.shape[2:]
-    phases = y.view(n, filters, s[0], s[1], s[2], *q)
-    inside = all(o >= 0 and o + m <= qq * ss for o, m, qq, ss in zip(offsets, sizes, q, s))
+    n = x.shape[0]
+    q_full = [i + k - 1 for i, k in zip(x.shape[2:], pweight.shape[2:])]
+    # Only the conv rows whose phases land in the window: q from floor(offset / s) to floor(last / s).
+    rows = [
+        (min(max(o // ss, 0), qf), min(max((o + m - 1) // ss + 1, 0), qf))
+        for o, m, ss, qf in zip(offsets, sizes, s, q_full)
+    ]
     shape = (n, filters, *sizes)
+    inside = all(o >= 0 and o + m <= qf * ss for o, m, qf, ss in zip(offsets, sizes, q_full, s))
     if inside:
         fmt = torch.channels_last_3d if cl_out else torch.contiguous_format
-        out = torch.empty(shape, dtype=y.dtype, device=y.device, memory_format=fmt)
+        out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     else:
         out = fill(shape)
         if cl_out:
             out = out.contiguous(memory_format=torch.channels_last_3d)
+    if any(hi <= lo for lo, hi in rows):
+        return out
+    y = _phase_conv(x, pweight, bias, s, cl, rows)
+    phases = y.view(n, filters, s[0], s[1], s[2], *y.shape[2:])
     for r in product(*(range(ss) for ss in s)):
         src, dst = [], []
         for a in range(3):
             q0 = max(-((r[a] - offsets[a]) // s[a]), 0)  # first q with q*s + r >= offset
             o0 = q0 * s[a] + r[a] - offsets[a]
-            count = min(-(-(sizes[a] - o0) // s[a]) if o0 < sizes[a] else 0, q[a] - q0)
+            count = min(-(-(sizes[a] - o0) // s[a]) if o0 < sizes[a] else 0, rows[a][1] - q0)
             if count <= 0:
                 break
-            src.append(slice(q0, q0 + count))
+            src.append(slice(q0 - rows[a][0], q0 - rows[a][0] + count))
             dst.append(slice(o0, o0 + (count - 1) * s[a] + 1, s[a]))
         else:
             out[(slice(None), slice(None), *dst)] = phases[(slice(None), slice(None), *r, *src)]
