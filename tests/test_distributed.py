@@ -178,7 +178,7 @@ def test_resume_skips_regions_a_killed_run_completed(client, tmp_path):
     rng = np.random.default_rng(3)
     spec = make_spec(rng, 2, filters=4, kernel_size=3)
     layer = spec.save(tmp_path / "layer.yaml")
-    src = write_input(tmp_path / "in.npy", rng.standard_normal((32, 32, 32, 2)).astype(np.float32))
+    src = write_input(tmp_path / "in.npy", rng.standard_normal((48, 48, 48, 2)).astype(np.float32))
     target = tmp_path / "out.zarr"
     common = [
         "--spec",
