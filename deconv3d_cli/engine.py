@@ -8,6 +8,7 @@ offsets that geometry.py derives.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +60,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 _CHOSEN: dict[tuple, str] = {}
 PROXY = 40  # edge of the slab crop timed when choosing a path (smaller crops mispredicted)
+CONFIRM_LIMIT = 1 << 27  # output elements up to which the two best paths are re-timed on the slab itself
 
 
 class Engine:
@@ -149,11 +151,18 @@ class Engine:
         )
 
     def choose_path(self, x: torch.Tensor | Sequence[int]) -> str:
-        """Time every formulation on a small crop of the first slab (or a slab shape) and keep the fastest."""
+        """Time every formulation on a crop of the first slab (or a slab shape) and keep the fastest.
+
+        A 40^3 crop ranks the formulations cheaply but can misjudge large slabs (the phase shuffle's
+        cost grows faster than the convolution's), so when the slab is larger the best of each family
+        is timed again on the slab itself, up to a size where that would cost more than it saves.
+        """
         if not isinstance(x, torch.Tensor):
             x = torch.zeros(tuple(x), device=self.device, dtype=self.dtype)
-        proxy = x[:1, :, :PROXY, :PROXY, :PROXY].contiguous()
+        x = x[:1]
+        proxy = x[:, :, :PROXY, :PROXY, :PROXY].contiguous()
         s = self.spec
+        bucket = tuple(1 << max(int(n) - 1, 0).bit_length() for n in x.shape[2:])
         key = (
             s.kernel_size,
             s.strides,
@@ -162,31 +171,45 @@ class Engine:
             self.in_channels,
             str(self.device),
             self.dtype,
-            tuple(proxy.shape),
+            self.channels_last_out,
+            bucket,
         )
-        if key in _CHOSEN:  # one decision per shape and process: repeated calls agree to the last bit
+        if key in _CHOSEN:  # one decision per shape class and process: repeated calls agree to the last bit
             self.path = _CHOSEN[key]
             return self.path
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
 
-        whole = [
-            geometry.full_length(n, k, st, d)
-            for n, k, st, d in zip(proxy.shape[2:], s.kernel_size, s.strides, s.dilation_rate)
-        ]
+        def timed(name: str, sample: torch.Tensor):
+            whole = tuple(
+                geometry.full_length(n, k, st, d)
+                for n, k, st, d in zip(sample.shape[2:], s.kernel_size, s.strides, s.dilation_rate)
+            )
 
-        def timed(name: str):
             def run():  # a whole tile as the pipeline computes it, in the layout the caller stores
                 self.path = name
-                y = self._tile_once(proxy, (0, 0, 0), tuple(whole)).contiguous(memory_format=self.out_memory_format)
+                y = self._tile_once(sample, (0, 0, 0), whole).contiguous(memory_format=self.out_memory_format)
                 sync()
                 return y
 
             return run
 
         with torch.inference_mode():
-            self.path, self.timings = paths.fastest({name: timed(name) for name in self.available_paths()})
-        _CHOSEN[key] = self.path
-        return self.path
+            best, self.timings = paths.fastest({name: timed(name, proxy) for name in self.available_paths()})
+            out_elements = s.filters * math.prod(
+                geometry.full_length(n, k, st, d)
+                for n, k, st, d in zip(x.shape[2:], s.kernel_size, s.strides, s.dilation_rate)
+            )
+            if tuple(x.shape) != tuple(proxy.shape) and out_elements <= CONFIRM_LIMIT:
+                finalists = {
+                    min((n for n in self.timings if n.startswith(family)), key=self.timings.get, default=None)
+                    for family in ("transpose", "phase")
+                } - {None}
+                if len(finalists) > 1:
+                    best, confirmed = paths.fastest({n: timed(n, x) for n in finalists}, repeats=1)
+                    self.timings.update({f"{n}@slab": t for n, t in confirmed.items()})
+        self.path = best
+        _CHOSEN[key] = best
+        return best
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         """The uncropped transposed convolution of slab `x`, bias added (extra trailing positions: bias only)."""
