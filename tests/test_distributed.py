@@ -26,6 +26,8 @@ from hypothesis import strategies as st
 distributed = pytest.importorskip("distributed")
 zarr = pytest.importorskip("zarr", minversion="3")
 
+from helpers import random_spec  # noqa: E402
+
 from deconv3d_cli import InputError, LayerSpec, conv3d_transpose  # noqa: E402
 from deconv3d_cli import distributed as dd  # noqa: E402
 from deconv3d_cli.atomic import journal_path, partial_path  # noqa: E402
@@ -51,10 +53,7 @@ def client():
 
 
 def make_spec(rng: np.random.Generator, in_ch: int, **hyper) -> LayerSpec:
-    hyper = {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same", **hyper}
-    k = tuple(LayerSpec.create(**hyper).kernel_size)
-    kernel = rng.standard_normal((*k, hyper["filters"], in_ch)).astype(np.float32)
-    return LayerSpec.create(**hyper, kernel=kernel, bias=rng.standard_normal(hyper["filters"]).astype(np.float32))
+    return random_spec(rng, in_ch, **hyper)
 
 
 def opts(**kw) -> Options:

@@ -9,8 +9,9 @@ import h5py
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import reference
 
-from deconv3d_cli import InputError, LayerSpec, conv3d_transpose
+from deconv3d_cli import InputError, LayerSpec
 from deconv3d_cli.cli import main
 from deconv3d_cli.io import VolumeMeta, create_writer, open_reader, output_chunks
 from deconv3d_cli.io import hdf5 as h5io
@@ -289,12 +290,6 @@ def save_spec(tmp_path, in_channels=1, filters=2, kernel_size=3, strides=(2, 2, 
     bias = RNG.standard_normal(filters).astype(np.float32)
     spec = LayerSpec.create(filters=filters, kernel_size=ks, strides=strides, padding="same", kernel=kernel, bias=bias)
     return spec.save(tmp_path / "layer.yaml"), spec
-
-
-def reference(spec: LayerSpec, x: np.ndarray) -> np.ndarray:
-    return conv3d_transpose(
-        x, spec.kernel, spec.bias, strides=spec.strides, padding=spec.padding, data_format=spec.data_format
-    )
 
 
 def upsample(*args: str) -> dict:

@@ -11,47 +11,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_close, random_spec, reference
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from deconv3d_cli import InputError, LayerSpec, conv3d_transpose
+from deconv3d_cli import InputError, LayerSpec
 from deconv3d_cli.atomic import journal_path, partial_path
 from deconv3d_cli.pipeline import Options, prepare, run_job
 
 
 def make_spec(tmp: Path, rng: np.random.Generator, in_ch: int = 2, **hyper) -> tuple[Path, LayerSpec]:
-    hyper.setdefault("filters", 3)
-    hyper.setdefault("kernel_size", 3)
-    hyper.setdefault("strides", 2)
-    hyper.setdefault("padding", "same")
-    k = tuple(LayerSpec.create(**hyper).kernel_size)
-    kernel = rng.standard_normal((*k, hyper["filters"], in_ch)).astype(np.float32)
-    bias = rng.standard_normal(hyper["filters"]).astype(np.float32)
-    spec = LayerSpec.create(**hyper, kernel=kernel, bias=bias)
-    path = spec.save(tmp / "layer.yaml")
+    """A random layer saved as YAML + npz, and the spec read back from it."""
+    path = random_spec(rng, in_ch, **{"filters": 3, **hyper}).save(tmp / "layer.yaml")
     return path, LayerSpec.from_yaml(path)
-
-
-def reference(spec: LayerSpec, x: np.ndarray) -> np.ndarray:
-    cfg = spec.to_config()
-    return conv3d_transpose(
-        x,
-        spec.kernel,
-        spec.bias,
-        strides=cfg["strides"],
-        padding=cfg["padding"],
-        output_padding=cfg["output_padding"],
-        data_format=cfg["data_format"],
-        dilation_rate=cfg["dilation_rate"],
-        activation=cfg["activation"],
-        precision="fp64",
-    )
-
-
-def assert_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-6) -> None:
-    assert a.shape == b.shape
-    scale = max(1.0, float(np.abs(b).max()))
-    assert float(np.abs(a.astype(np.float64) - b).max()) <= rel * scale
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

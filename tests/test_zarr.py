@@ -16,7 +16,10 @@ from click.testing import CliRunner
 
 zarr = pytest.importorskip("zarr", minversion="3")
 
-from deconv3d_cli import InputError, LayerSpec, conv3d_transpose  # noqa: E402
+import helpers  # noqa: E402
+from helpers import random_spec, reference  # noqa: E402
+
+from deconv3d_cli import InputError, LayerSpec  # noqa: E402
 from deconv3d_cli.atomic import journal_path, partial_path  # noqa: E402
 from deconv3d_cli.cli import main  # noqa: E402
 from deconv3d_cli.io import VolumeMeta, create_writer, format_of, open_reader  # noqa: E402
@@ -27,35 +30,11 @@ RNG = np.random.default_rng(11)
 
 
 def make_spec(rng: np.random.Generator, in_ch: int = 1, **hyper) -> LayerSpec:
-    hyper.setdefault("filters", 2)
-    hyper.setdefault("kernel_size", 3)
-    hyper.setdefault("strides", 2)
-    hyper.setdefault("padding", "same")
-    k = tuple(LayerSpec.create(**hyper).kernel_size)
-    kernel = rng.standard_normal((*k, hyper["filters"], in_ch)).astype(np.float32)
-    bias = rng.standard_normal(hyper["filters"]).astype(np.float32)
-    return LayerSpec.create(**hyper, kernel=kernel, bias=bias)
-
-
-def reference(spec: LayerSpec, x: np.ndarray, data_format: str | None = None) -> np.ndarray:
-    cfg = spec.to_config()
-    return conv3d_transpose(
-        x,
-        spec.kernel,
-        spec.bias,
-        strides=cfg["strides"],
-        padding=cfg["padding"],
-        output_padding=cfg["output_padding"],
-        data_format=data_format or cfg["data_format"],
-        dilation_rate=cfg["dilation_rate"],
-        activation=cfg["activation"],
-        precision="fp64",
-    )
+    return random_spec(rng, in_ch, **hyper)
 
 
 def assert_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-5) -> None:
-    assert a.shape == b.shape
-    assert float(np.abs(a.astype(np.float64) - b).max()) <= rel * max(1.0, float(np.abs(b).max()))
+    helpers.assert_close(a, b, rel)
 
 
 def crop(i: int, k: int, s: int, padding: str) -> int:

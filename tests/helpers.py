@@ -1,0 +1,40 @@
+"""Shared test helpers: a random layer, the whole-volume fp64 reference, and a relative comparison."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from deconv3d_cli import LayerSpec, conv3d_transpose
+
+
+def random_spec(rng: np.random.Generator, in_ch: int = 1, **hyper) -> LayerSpec:
+    """A layer with random weights; filters 2, kernel 3, stride 2, 'same' unless given."""
+    hyper = {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same", **hyper}
+    k = tuple(LayerSpec.create(**hyper).kernel_size)
+    kernel = rng.standard_normal((*k, hyper["filters"], in_ch)).astype(np.float32)
+    bias = rng.standard_normal(hyper["filters"]).astype(np.float32)
+    return LayerSpec.create(**hyper, kernel=kernel, bias=bias)
+
+
+def reference(spec: LayerSpec, x: np.ndarray, data_format: str | None = None) -> np.ndarray:
+    """The in-memory API on the whole array, in fp64: what every file-based path must reproduce."""
+    cfg = spec.to_config()
+    return conv3d_transpose(
+        x,
+        spec.kernel,
+        spec.bias,
+        strides=cfg["strides"],
+        padding=cfg["padding"],
+        output_padding=cfg["output_padding"],
+        data_format=data_format or cfg["data_format"],
+        dilation_rate=cfg["dilation_rate"],
+        activation=cfg["activation"],
+        precision="fp64",
+    )
+
+
+def assert_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-6) -> None:
+    """Equal shapes, and values within `rel` of the reference's magnitude."""
+    assert a.shape == b.shape, (a.shape, b.shape)
+    scale = max(1.0, float(np.abs(b).max()))
+    assert float(np.abs(a.astype(np.float64) - b).max()) <= rel * scale
