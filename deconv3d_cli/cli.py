@@ -117,7 +117,7 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
 
 @main.command(context_settings=CONTEXT)
 @click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (.npy, .h5, .nii, .nii.gz).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (.npy, .h5, .nii, .nii.gz, .zarr).")
 @click.option(
     "-O", "--output-dir", type=click.Path(path_type=Path), help="Output folder for many inputs (created if missing)."
 )
@@ -154,8 +154,8 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
     "--memory-limit", default="1GiB", show_default=True, callback=_parse_memory, help="Memory budget for tiles."
 )
 @click.option("--tile", callback=_parse_tile, help="Output tile D,H,W in voxels (default: sized from the budget).")
-@click.option("--dataset", help="HDF5 input dataset path (automatic when the file holds one).")
-@click.option("--output-dataset", help="HDF5 output dataset path.")
+@click.option("--dataset", help="HDF5/Zarr input dataset path (automatic when the file holds one).")
+@click.option("--output-dataset", help="HDF5/Zarr output dataset path.")
 @click.option(
     "--compression-level",
     type=click.IntRange(0, 9),
@@ -176,8 +176,8 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
     type=click.Choice(["auto", "transpose", "transpose_cl", "phase", "phase_cl"]),
     default="auto",
     show_default=True,
-    help="Engine formulation (auto: the fastest on the first slab). All are exact; fixing one makes runs on "
-    "other machines or thread counts agree to the last bit.",
+    help="Engine formulation (auto: the fastest on the first slab). All are exact; fixing one, with the same "
+    "--threads, makes separate runs agree to the last bit.",
 )
 @click.option(
     "--fourth-axis",
