@@ -34,12 +34,22 @@ def journal_path(target: Path) -> Path:
     return target.with_name(PARTIAL_PREFIX + target.name + ".journal")
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def fsync_path(path: Path, missing_ok: bool = False) -> bool:
+    """fsync a file or directory by path (a directory, so that renames and new entries in it last).
+
+    Returns False when `missing_ok` and the path does not exist.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        if missing_ok:
+            return False
+        raise
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+    return True
 
 
 def remove(path: Path) -> None:
@@ -142,7 +152,7 @@ class OutputTarget:
 
     def commit(self) -> None:
         replace(self.partial, self.target)
-        fsync_dir(self.target.parent)
+        fsync_path(self.target.parent)
         self._remove_journal()
 
     def abort(self) -> None:

@@ -6,6 +6,7 @@ the output and makes them durable on `flush`. Geometry travels beside the data a
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -24,6 +25,19 @@ class VolumeMeta:
     # True when the input had no affine and this one was built from its spacing (formats that store
     # affines only by choice, like HDF5, then leave it out; NIfTI needs one regardless).
     affine_derived: bool = False
+
+
+def construct_writer(
+    cls: type, path: Path, shape: tuple[int, ...], dtype: Any, meta: VolumeMeta, resume: bool, options: dict
+) -> Any:
+    """A writer from the one options dict the pipeline hands every format.
+
+    io.check_writer_options has already refused what the format cannot honour; here each writer takes
+    the keywords its constructor names, and an option left unset (None) keeps the writer's default.
+    """
+    accepted = inspect.signature(cls).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
+    return cls(path, shape, dtype, meta, resume=resume, **kwargs)
 
 
 class Reader(Protocol):

@@ -22,9 +22,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from ..atomic import fsync_path
 from ..errors import InputError
 from ..layout import Layout
-from .base import VolumeMeta
+from .base import VolumeMeta, construct_writer
 
 SPACING_ATTRS = ("element_size_um", "spacing", "voxel_size", "resolution")
 DEFAULT_DATASET = "data"
@@ -389,27 +390,11 @@ class Hdf5Writer:
             return
         self._file.close()
         self._file = None  # type: ignore[assignment]
-        fd = os.open(self.path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(self.path)
 
 
 def create_writer(
-    path: Path,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    meta: VolumeMeta,
-    resume: bool = False,
-    dataset: str | None = None,
-    compression_level: int = 1,
-    chunks: Any = None,
-    layout: Layout | str | None = None,
-    **options: Any,
+    path: Path, shape: tuple[int, ...], dtype: np.dtype, meta: VolumeMeta, resume: bool = False, **options: Any
 ) -> Hdf5Writer:
-    """`layout` places the channel and batch axes for the chunk shape (channels_last when not given).
-
-    Other formats' options in `options` are ignored: the pipeline hands every writer the same dict.
-    """
-    return Hdf5Writer(path, shape, dtype, meta, resume, dataset, compression_level, chunks, layout)
+    """Options: dataset, compression_level, chunks, layout (places channel and batch axes in the chunks)."""
+    return construct_writer(Hdf5Writer, path, shape, dtype, meta, resume, options)

@@ -58,6 +58,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..atomic import fsync_path
 from ..errors import InputError, RunError
 from .base import VolumeMeta
 
@@ -103,14 +104,6 @@ def _gzip_open(path: Path, mode: str, level: int = 1) -> BinaryIO:
 def _is_gzip(path: Path) -> bool:
     with open(path, "rb") as f:
         return f.read(2) == _GZIP_MAGIC
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -594,7 +587,7 @@ class NiftiWriter:
         try:
             with open(self.data_path, "rb") as src, _gzip_open(tmp, "wb", self.compression_level) as dst:
                 shutil.copyfileobj(src, dst, _COPY_BLOCK)
-            _fsync(tmp)
+            fsync_path(tmp)
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)

@@ -60,10 +60,10 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import PARTIAL_PREFIX
+from ..atomic import PARTIAL_PREFIX, fsync_path
 from ..errors import InputError
 from ..layout import CHANNELS_FIRST, Layout
-from .base import VolumeMeta
+from .base import VolumeMeta, construct_writer
 
 EXTRA = "pip install 'deconv3d-cli[dask]'"
 DEFAULT_ARRAY = "0"
@@ -564,17 +564,11 @@ class ZarrWriter:
                 files += [folder / name for name in _METADATA_FILES]
             folders.add(self._store_root.parent)
         for f in files:
-            try:
-                fd = os.open(f, os.O_RDONLY)
-            except FileNotFoundError:
-                continue  # an all-zero chunk is not stored (it reads as the fill value)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            folders.add(f.parent)
+            # an all-zero chunk is not stored (it reads as the fill value)
+            if fsync_path(f, missing_ok=True):
+                folders.add(f.parent)
         for folder in folders:
-            _fsync_dir(folder)
+            fsync_path(folder, missing_ok=True)
         self._pending.clear()
         self._synced_meta = True
 
@@ -608,29 +602,8 @@ def sweep(path: Path) -> int:
     return removed
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def create_writer(
-    path: Path,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    meta: VolumeMeta,
-    resume: bool = False,
-    dataset: str | None = None,
-    compression_level: int = 1,
-    chunks: Any = None,
-    layout: Layout | str | None = None,
-    zarr_format: int | None = None,
-    **options: Any,
+    path: Path, shape: tuple[int, ...], dtype: np.dtype, meta: VolumeMeta, resume: bool = False, **options: Any
 ) -> ZarrWriter:
-    """Other formats' options in `options` are ignored: the pipeline hands every writer the same dict."""
-    return ZarrWriter(path, shape, dtype, meta, resume, dataset, compression_level, chunks, layout, zarr_format)
+    """Options: dataset, compression_level, chunks, layout, zarr_format."""
+    return construct_writer(ZarrWriter, path, shape, dtype, meta, resume, options)
