@@ -24,10 +24,10 @@ from . import boundary, regularizers
 from . import io as vio
 from .atomic import OutputTarget, journal_header, same_file
 from .errors import InputError
+from .io.direct import ALIGN
 from .layout import Layout
 from .spec import LayerSpec
 from .tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, Tile, make_plan
-from .io.direct import ALIGN
 from .transfer import Transfers
 
 FLOAT_DTYPES = ("float32", "float64", "float16")
