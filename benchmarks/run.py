@@ -10,7 +10,10 @@ median of --repeats calls after one warm-up. Ratios are peer time / our time (ab
 
 Layers: `engine` (deconv3d_cli's in-memory API), `tool` (the streaming pipeline, .npy file to .npy
 file, default 1 GiB budget), `tf` (tf.keras Conv3DTranspose, from the `bench` extra), `torch` (plain
-conv_transpose3d). Presets: `preset` (ours, replicate boundary), `interpolate` (torch), `sitk`
+conv_transpose3d), and `disk`: writing the output's bytes to a fresh file and fsyncing it, O_DIRECT in
+8 MiB blocks like `dd oflag=direct` (buffered where the filesystem refuses), the best a file-to-file
+run can do on this disk. `bound/tool` is max(engine, disk) / tool: how close streaming comes to
+whichever of compute and disk limits it. Presets: `preset` (ours, replicate boundary), `interpolate` (torch), `sitk`
 (SimpleITK's linear resampler), `scipy` (ndimage.zoom, order 1), and `copy`: a memory copy of the
 output's size, the bandwidth bound. Results: a table on stdout and benchmarks/results/bench.json.
 """
@@ -45,7 +48,7 @@ LAYERS = [
 QUICK_LAYERS = [LAYERS[0], LAYERS[4], LAYERS[7]]
 # (preset, scale, input edge)
 PRESETS = [("trilinear", 2, 128), ("nearest", 2, 128), ("trilinear", 3, 96)]
-LAYER_IMPLS = ("engine", "tool", "tf", "torch")
+LAYER_IMPLS = ("engine", "tool", "disk", "tf", "torch")
 PRESET_IMPLS = ("preset", "interpolate", "sitk", "scipy", "copy")
 
 
@@ -102,12 +105,24 @@ def work_layer(impl: str, c, repeats: int, tmp: Path) -> float | None:
         spec = LayerSpec.create(filters=f, kernel_size=k, strides=s, padding=pad, kernel=kernel, bias=bias)
         src = tmp / "in.npy"
         np.save(src, x[0])
-        opts = Options(progress=False, overwrite=True)
+        opts = Options(progress=False)
         engines: dict = {}
         times = []
-        for _ in range(repeats + 1):
+        for i in range(repeats + 1):
+            # A new output each time, the last one removed outside the timing (as `disk` does): a run
+            # replacing an old file would also pay for freeing its blocks.
+            (tmp / "out.npy").unlink(missing_ok=True)
             times.append(run_job(spec, src, tmp / "out.npy", opts, engines)["seconds"] * 1e3)
         return sorted(times[1:])[len(times[1:]) // 2]
+    if impl == "disk":
+        out = [e * s if pad == "same" else (e - 1) * s + k for _ in range(3)]
+        times = []
+        for _ in range(repeats + 1):
+            (tmp / "disk.bin").unlink(missing_ok=True)
+            t = time.perf_counter()
+            _write_fresh(tmp / "disk.bin", f * out[0] * out[1] * out[2] * 4)
+            times.append(time.perf_counter() - t)
+        return sorted(times[1:])[len(times[1:]) // 2] * 1e3
     if impl == "torch":
         import torch
         import torch.nn.functional as F
@@ -130,6 +145,26 @@ def work_layer(impl: str, c, repeats: int, tmp: Path) -> float | None:
         xt = tf.constant(x)
         return _median_ms(lambda: layer(xt).numpy(), repeats)
     raise ValueError(impl)
+
+
+def _write_fresh(path: Path, nbytes: int) -> None:
+    """`nbytes` of data into a new file, made durable: the disk's share of a file-to-file run."""
+    import mmap
+
+    block = 8 << 20
+    buf = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT needs
+    buf.write(os.urandom(4096) * (block // 4096))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o644)
+    except OSError:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for offset in range(0, nbytes, block):
+            os.pwrite(fd, memoryview(buf)[: min(block, -(-(nbytes - offset) // 4096) * 4096)], offset)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        buf.close()
 
 
 def work_preset(impl: str, p, repeats: int) -> float | None:
@@ -223,6 +258,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--only", help="comma-separated implementations to run")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", type=Path, help="where the results go (default benchmarks/results/bench.json)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-jobs", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -243,16 +279,22 @@ def main() -> None:
             results[impl] = run_impl(impl, [["preset", p] for p in presets], args.repeats)
 
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}; fp32, ms (median)"]
-    head = f"{'layer':<28}" + "".join(f"{i:>10}" for i in LAYER_IMPLS) + "   tf/engine torch/engine engine/tool"
+    head = (
+        f"{'layer':<28}"
+        + "".join(f"{i:>10}" for i in LAYER_IMPLS)
+        + "   tf/engine torch/engine engine/tool bound/tool"
+    )
     lines += ["", head, "-" * len(head)]
     for c in layers:
         key = layer_name(c)
         row = {i: results.get(i, {}).get(key) for i in LAYER_IMPLS}
+        numbers = [v for v in (row["engine"], row["disk"]) if isinstance(v, (int, float))]
+        bound = max(numbers) if numbers else None
         lines.append(
             f"{key:<28}"
             + "".join(f" {fmt(row[i])}" for i in LAYER_IMPLS)
             + f"   {ratio(row['tf'], row['engine'])}    {ratio(row['torch'], row['engine'])}     "
-            + f"{ratio(row['engine'], row['tool'])}"
+            + f"{ratio(row['engine'], row['tool'])}    {ratio(bound, row['tool'])}"
         )
     head = f"{'preset':<28}" + "".join(f"{i:>12}" for i in PRESET_IMPLS) + "   sitk/ours interp/ours copy/ours"
     lines += ["", head, "-" * len(head)]
@@ -272,9 +314,10 @@ def main() -> None:
         lines.append(f"{impl}: {msg}")
     table = "\n".join(lines)
     print(table)
-    RESULTS.mkdir(exist_ok=True)
     doc = {"machine": lines[0], "layers": layers, "presets": presets, "results": results, "table": table}
-    (RESULTS / "bench.json").write_text(json.dumps(doc, indent=2))
+    out = args.json or RESULTS / "bench.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

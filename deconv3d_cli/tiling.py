@@ -145,9 +145,9 @@ def make_plan(
     """A plan with the given tile shape, or the largest aligned one whose estimate fits the budget.
 
     `slabs` (outputs written as contiguous byte runs, like .npy): tiles span whole planes and the
-    depth is cut first, and a large output is cut into PIPELINE_TILES slabs (fewer if they would be
-    under PIPELINE_MIN_BYTES) even when the budget would hold it whole, so that writing one slab
-    overlaps computing the next.
+    depth is cut first (down to a depth whose halo costs about a quarter more input, then rows), and
+    a large output is cut into PIPELINE_TILES slabs (fewer if they would be under PIPELINE_MIN_BYTES)
+    even when the budget would hold it whole, so that writing one slab overlaps computing the next.
     """
     axes = tuple(axes)
     out = [ax.out for ax in axes]
@@ -199,8 +199,12 @@ def _auto_plan(
     units = [min(u, n) for u, n in zip(units, out)]
     shape = list(out)
     batch_step = batch
+    thinnest = 0
     if slabs:
         shape[0] = _slab_depth(base, batch, out, units[0])
+        # Below this depth a slab recomputes over ~25% extra input rows (its halo): cut rows instead.
+        ax = base["axes"][0]
+        thinnest = -(-4 * (ax.halo + 1) * ax.stride // units[0]) * units[0]
     plan = Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]
     while plan.tile_bytes(shape, batch_step) > memory_limit:
         if batch_step > 1:
@@ -216,8 +220,10 @@ def _auto_plan(
                 f"{format_bytes(memory_limit)}; raise --memory-limit to at least {format_bytes(need)}",
                 field="--memory-limit",
             )
-        if slabs and 0 in candidates:
+        if slabs and 0 in candidates and shape[0] > thinnest:
             pick = 0  # whole planes stay contiguous in the file: thinner slabs first
+        elif slabs and 1 in candidates:
+            pick = 1  # then whole rows (runs of the file still long), before recomputing more halo
         else:
             pick = max(candidates, key=lambda a: (shape[a], -a))
         half = -(-shape[pick] // 2)

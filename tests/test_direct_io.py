@@ -512,11 +512,6 @@ def test_flush_fsyncs_only_after_writes(tmp_path, monkeypatch):
     check_file(tmp_path / "o.npy", ref)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NpyWriter marks itself dirty when a write starts, so a flush that runs during the write "
-    "(the pipeline's sync thread) clears the mark and the next flush skips the fsync",
-)
 def test_flush_during_a_write_does_not_lose_its_fsync(tmp_path, spy, monkeypatch):
     synced = []
     real = os.fsync
@@ -705,3 +700,14 @@ def test_pipeline_writes_slabs_exactly(tmp_path, monkeypatch):
     if direct_supported(tmp_path):
         # The pool placed every tile at its phase: direct writes read the tiles' own pages.
         assert middles and all(off % ALIGN == 0 and a % ALIGN == 0 for off, a in middles)
+
+
+def test_tight_budget_keeps_slabs_deep_enough_and_cuts_rows_instead():
+    """Past ~25% halo recompute (depth 4 * (halo + 1) * stride) a slab plan cuts rows, keeping width."""
+    spec = LayerSpec.create(filters=8, kernel_size=4, strides=2, padding="same", in_channels=8)
+    axes = spec.axes((256, 256, 256))
+    plan = make_plan(axes, 1, 8, 8, (4, 4, 4), memory_limit=256 << 20, slabs=True)
+    thinnest = 4 * (axes[0].halo + 1) * axes[0].stride
+    assert plan.tile_shape[0] == thinnest == 16
+    assert plan.tile_shape[2] == 512 and plan.tile_shape[1] < 512
+    assert plan.tile_bytes() <= 256 << 20

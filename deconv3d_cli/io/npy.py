@@ -142,24 +142,25 @@ class NpyWriter:
         return None if runs is None else direct.phase(runs[0][0])
 
     def write(self, index: tuple[slice, ...], data: np.ndarray) -> None:
-        self._dirty = True
         runs = self.runs(index)
         if runs is not None and data.dtype == self.dtype and data.flags.c_contiguous:
             offsets, run = runs
             raw = memoryview(data.reshape(-1).view(np.uint8))
             for i, at in enumerate(offsets):
                 self._runs.write(at, raw[i * run : (i + 1) * run])
-            return
-        mm = self._file.map("r+")
-        try:
-            mm[index] = data
-        finally:
-            del mm
+        else:
+            mm = self._file.map("r+")
+            try:
+                mm[index] = data
+            finally:
+                del mm
+        # Only now: a flush from the sync thread while this write ran must not take the fsync it needs.
+        self._dirty = True
 
     def flush(self) -> None:
         if self._fd is not None and self._dirty:
+            self._dirty = False  # before the fsync: a write finishing during it sets it again
             os.fsync(self._fd)
-            self._dirty = False
 
     def close(self) -> None:
         if self._fd is not None:
@@ -171,7 +172,8 @@ class NpyWriter:
 
 def aligned_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     """An .npy header (version 1.0, or 2.0 when the shape needs it) padded to a multiple of 4096 bytes."""
-    fields = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+    shape = tuple(int(n) for n in shape)  # numpy 2's repr of np.int64(3) is not a valid header
+    fields = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
     text = "{" + "".join(f"{k!r}: {fields[k]!r}, " for k in sorted(fields)) + "}"
     version, size_bytes = ((1, 0), 2) if len(text) < 60000 else ((2, 0), 4)
     prefix = 6 + 2 + size_bytes
