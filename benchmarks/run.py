@@ -108,7 +108,7 @@ def work_layer(impl: str, c, repeats: int, tmp: Path) -> float | None:
         opts = Options(progress=False)
         engines: dict = {}
         times = []
-        for i in range(repeats + 1):
+        for _ in range(repeats + 1):
             # A new output each time, the last one removed outside the timing (as `disk` does): a run
             # replacing an old file would also pay for freeing its blocks.
             (tmp / "out.npy").unlink(missing_ok=True)
