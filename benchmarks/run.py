@@ -115,13 +115,10 @@ def work_layer(impl: str, c, repeats: int, tmp: Path) -> float | None:
             times.append(run_job(spec, src, tmp / "out.npy", opts, engines)["seconds"] * 1e3)
         return sorted(times[1:])[len(times[1:]) // 2]
     if impl == "disk":
+        from disk import write_fresh  # benchmarks/disk.py, beside this script
+
         out = [e * s if pad == "same" else (e - 1) * s + k for _ in range(3)]
-        times = []
-        for _ in range(repeats + 1):
-            (tmp / "disk.bin").unlink(missing_ok=True)
-            t = time.perf_counter()
-            _write_fresh(tmp / "disk.bin", f * out[0] * out[1] * out[2] * 4)
-            times.append(time.perf_counter() - t)
+        times = [write_fresh(tmp / "disk.bin", f * out[0] * out[1] * out[2] * 4) for _ in range(repeats + 1)]
         return sorted(times[1:])[len(times[1:]) // 2] * 1e3
     if impl == "torch":
         import torch
@@ -145,26 +142,6 @@ def work_layer(impl: str, c, repeats: int, tmp: Path) -> float | None:
         xt = tf.constant(x)
         return _median_ms(lambda: layer(xt).numpy(), repeats)
     raise ValueError(impl)
-
-
-def _write_fresh(path: Path, nbytes: int) -> None:
-    """`nbytes` of data into a new file, made durable: the disk's share of a file-to-file run."""
-    import mmap
-
-    block = 8 << 20
-    buf = mmap.mmap(-1, block)  # page-aligned, as O_DIRECT needs
-    buf.write(os.urandom(4096) * (block // 4096))
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o644)
-    except OSError:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for offset in range(0, nbytes, block):
-            os.pwrite(fd, memoryview(buf)[: min(block, -(-(nbytes - offset) // 4096) * 4096)], offset)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-        buf.close()
 
 
 def work_preset(impl: str, p, repeats: int) -> float | None:
@@ -280,9 +257,7 @@ def main() -> None:
 
     lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}; fp32, ms (median)"]
     head = (
-        f"{'layer':<28}"
-        + "".join(f"{i:>10}" for i in LAYER_IMPLS)
-        + "   tf/engine torch/engine engine/tool bound/tool"
+        f"{'layer':<28}" + "".join(f"{i:>10}" for i in LAYER_IMPLS) + "   tf/engine torch/engine engine/tool bound/tool"
     )
     lines += ["", head, "-" * len(head)]
     for c in layers:
