@@ -140,3 +140,23 @@ def test_every_path_tiles_equal_fp64_whole(path, case):
         y = engine.tile(x[(slice(None), slice(None), *t.src)], t.offsets, t.sizes).numpy()
         out[(slice(None), slice(None), *t.out)] = y
     assert np.abs(out - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+def test_a_formulation_that_raises_is_left_out_of_the_choice(monkeypatch):
+    """A oneDNN entry point refusing a shape must not fail the run: the other paths are timed."""
+    from deconv3d_cli import paths
+
+    spec = spec_for(np.random.default_rng(5))
+    real = paths.transpose
+
+    def refusing(*args, **kwargs):
+        if kwargs.get("dnn") or not kwargs.get("cl", True):
+            raise RuntimeError("simulated: primitive not supported")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(paths, "transpose", refusing)
+    monkeypatch.setattr("deconv3d_cli.engine._CHOSEN", {})
+    engine = Engine(spec, 2)
+    chosen = engine.choose_path(torch.zeros(1, 2, 9, 9, 9))
+    assert chosen in ("transpose_cl",) or chosen.startswith("phase")
+    assert "transpose" not in engine.timings and "transpose_dnn" not in engine.timings
