@@ -173,7 +173,21 @@ def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads for the engine.")
 @click.option(
     "--engine-path",
-    type=click.Choice(["auto", "transpose", "transpose_cl", "phase", "phase_cl"]),
+    # engine.paths.PATHS and engine.SEPARABLE, spelled out so that --help never imports torch
+    type=click.Choice(
+        [
+            "auto",
+            "transpose",
+            "transpose_cl",
+            "transpose_dnn",
+            "transpose_dnn_cl",
+            "phase",
+            "phase_cl",
+            "phase_dnn",
+            "phase_dnn_cl",
+            "separable",
+        ]
+    ),
     default="auto",
     show_default=True,
     help="Engine formulation (auto: the fastest on the first slab). All are exact; fixing one, with the same "

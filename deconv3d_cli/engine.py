@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import activations, allocator, geometry, paths
+from . import activations, allocator, geometry, paths, separable
 from .errors import RunError, SpecError
 from .layout import CHANNELS_FIRST
 from .spec import LayerSpec
@@ -59,6 +59,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 _CHOSEN: dict[tuple, str] = {}
+SEPARABLE = "separable"  # one axis at a time (separable.py); offered only for kernels it can express
 PROXY = 40  # edge of the slab crop timed when choosing a path (smaller crops mispredicted)
 CONFIRM_LIMIT = 1 << 27  # output elements up to which the two best paths are re-timed on the slab itself
 
@@ -104,6 +105,8 @@ class Engine:
                 torch.backends.cudnn.allow_tf32 = False
                 torch.backends.cuda.matmul.allow_tf32 = False
         self._pweight: torch.Tensor | None = None
+        # 1-D taps when the kernel is per-channel, shared and rank-1 (the presets): separable.py.
+        self._taps = separable.factor(kernel, spec.strides) if spec.dilation_rate == (1, 1, 1) else None
         self.path: str | None = None
         if path != "auto":
             self.force_path(path)
@@ -111,7 +114,7 @@ class Engine:
     # ------------------------------------------------------------------ formulations
     def available_paths(self) -> tuple[str, ...]:
         """Phase decomposition needs dilation 1 (dilation > 1 comes with stride 1); `*_dnn` needs oneDNN on the CPU."""
-        names = paths.PATHS
+        names = paths.PATHS + ((SEPARABLE,) if self._taps is not None else ())
         if not paths.onednn_available(self.device, self.dtype):
             names = tuple(p for p in names if p not in paths.DNN_PATHS)
         if self.spec.dilation_rate != (1, 1, 1):
@@ -217,7 +220,7 @@ class Engine:
             if tuple(x.shape) != tuple(proxy.shape) and out_elements <= CONFIRM_LIMIT:
                 finalists = {
                     min((n for n in self.timings if n.startswith(family)), key=self.timings.get, default=None)
-                    for family in ("transpose", "phase")
+                    for family in ("transpose", "phase", SEPARABLE)
                 } - {None}
                 if len(finalists) > 1:
                     best, confirmed = paths.fastest({n: timed(n, x) for n in finalists}, repeats=1)
@@ -271,7 +274,12 @@ class Engine:
         else:
             if self.path is None:
                 self.choose_path(x)
-            if self.path.startswith("phase"):  # shuffle and crop in one pass, straight into the tile
+            if self.path == SEPARABLE:
+                assert self._taps is not None
+                y = separable.tile(x, self._taps, self.spec.strides, offsets, sizes)
+                if self.bias is not None:
+                    y.add_(self.bias)
+            elif self.path.startswith("phase"):  # shuffle and crop in one pass, straight into the tile
                 y = self._phase_window(x, offsets, sizes)
             else:
                 # torch crops `padding` voxels from both ends of each axis without computing them: use

@@ -160,3 +160,12 @@ def test_a_formulation_that_raises_is_left_out_of_the_choice(monkeypatch):
     chosen = engine.choose_path(torch.zeros(1, 2, 9, 9, 9))
     assert chosen in ("transpose_cl",) or chosen.startswith("phase")
     assert "transpose" not in engine.timings and "transpose_dnn" not in engine.timings
+
+
+def test_cli_lists_every_formulation():
+    """--engine-path spells the names out (its --help must not import torch): keep them in step."""
+    from deconv3d_cli.cli import upsample
+    from deconv3d_cli.engine import SEPARABLE
+
+    option = next(p for p in upsample.params if p.name == "engine_path")
+    assert tuple(option.type.choices) == ("auto", *PATHS, SEPARABLE)

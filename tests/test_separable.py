@@ -1,0 +1,117 @@
+"""The separable formulation: which kernels it takes, and that it equals the 3-D transposed convolution."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from deconv3d_cli import presets, separable
+from deconv3d_cli.engine import SEPARABLE, Engine
+from deconv3d_cli.spec import LayerSpec
+from deconv3d_cli.tiling import make_plan
+
+
+def _separable_spec(rng, k, s, channels=2, pad="same", bias=True, fmt="channels_last", taps=None, act=None):
+    taps = taps or [rng.uniform(-1, 1, n) for n in k]
+    k3 = taps[0][:, None, None] * taps[1][None, :, None] * taps[2][None, None, :]
+    kernel = np.zeros((*k3.shape, channels, channels), np.float32)
+    for c in range(channels):
+        kernel[..., c, c] = k3
+    return LayerSpec.create(
+        filters=channels,
+        kernel_size=k,
+        strides=s,
+        padding=pad,
+        data_format=fmt,
+        activation=act,
+        use_bias=bias,
+        kernel=kernel,
+        bias=rng.standard_normal(channels).astype(np.float32) if bias else None,
+    )
+
+
+@pytest.mark.parametrize("name,scale", [("trilinear", 2), ("trilinear", 3), ("nearest", 2), ("trilinear", (2, 3, 1))])
+def test_preset_kernels_factor_into_their_taps(name, scale):
+    spec = presets.make_spec(name, scale, channels=3)
+    taps = separable.factor(spec.kernel, spec.strides)
+    assert taps is not None
+    for got, s in zip(taps, presets.parse_scale(scale)):
+        np.testing.assert_allclose(got, presets.taps(name, s), rtol=1e-6)
+
+
+def test_other_kernels_are_not_separable():
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((3, 3, 3, 2, 2))
+    assert separable.factor(dense, (2, 2, 2)) is None
+    spec = _separable_spec(rng, (3, 2, 4), (2, 2, 2))
+    mixing = spec.kernel.copy()
+    mixing[0, 0, 0, 0, 1] = 0.5  # one channel feeds another
+    assert separable.factor(mixing, (2, 2, 2)) is None
+    per_channel = spec.kernel.copy()
+    per_channel[..., 1, 1] *= 2  # channels with different kernels
+    assert separable.factor(per_channel, (2, 2, 2)) is None
+    rank2 = spec.kernel.copy()
+    rank2[1, 1, 1, 0, 0] += 1.0
+    rank2[1, 1, 1, 1, 1] += 1.0
+    assert separable.factor(rank2, (2, 2, 2)) is None
+    assert separable.factor(np.zeros((2, 2, 2, 1, 1)), (2, 2, 2)) is None
+    assert (
+        SEPARABLE
+        not in Engine(
+            LayerSpec.create(filters=2, kernel_size=3, use_bias=False, kernel=dense.astype(np.float32)), 2
+        ).available_paths()
+    )
+
+
+@pytest.mark.parametrize("case", range(8))
+def test_separable_path_equals_fp64_transposed_convolution(case):
+    """Random separable kernels (k < s gaps, k > s overlaps, valid and same), whole volume and random tiles."""
+    rng = np.random.default_rng(300 + case)
+    k = tuple(int(v) for v in rng.integers(1, 6, 3))
+    s = tuple(int(v) for v in rng.integers(1, 4, 3))
+    spec = _separable_spec(rng, k, s, channels=int(rng.integers(1, 4)), pad="same" if case % 2 else "valid")
+    c = spec.filters
+    x = rng.standard_normal((1, c, 6, 5, 7)).astype(np.float32)
+    ref = Engine(spec, c, precision="fp64", path="transpose").whole(x.astype(np.float64)).numpy()
+    engine = Engine(spec, c, path=SEPARABLE)
+    whole = engine.whole(x).numpy()
+    assert whole.shape == ref.shape
+    assert np.abs(whole - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    plan = make_plan(
+        spec.axes(x.shape[2:]),
+        1,
+        c,
+        c,
+        spec.kernel_size,
+        memory_limit=1 << 40,
+        tile_shape=tuple(int(v) for v in rng.integers(1, 6, 3)),
+    )
+    out = np.zeros_like(ref)
+    for t in plan.tiles():
+        out[(slice(None), slice(None), *t.out)] = engine.tile(
+            x[(slice(None), slice(None), *t.src)], t.offsets, t.sizes
+        ).numpy()
+    assert np.abs(out - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+def test_separable_path_with_channels_first_and_activation():
+    rng = np.random.default_rng(9)
+    spec = _separable_spec(rng, (4, 4, 4), (2, 2, 2), channels=3, fmt="channels_first", act="relu")
+    x = rng.standard_normal((2, 3, 5, 6, 4)).astype(np.float32)
+    ref = Engine(spec, 3, precision="fp64", path="transpose").whole(x.astype(np.float64)).numpy()
+    y = Engine(spec, 3, path=SEPARABLE).whole(torch.from_numpy(x)).numpy()
+    assert np.abs(y - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+
+
+@pytest.mark.parametrize("name,scale", [("trilinear", 2), ("nearest", 3), ("trilinear", (3, 2, 2))])
+def test_presets_pick_and_match_interpolate_on_the_separable_path(name, scale):
+    x = np.random.default_rng(1).uniform(0, 1000, (12, 10, 9)).astype(np.float32)
+    spec = presets.make_spec(name, scale, channels=1)
+    assert SEPARABLE in Engine(spec, 1).available_paths()
+    y = presets.upsample(x, name, scale)
+    mode = {"align_corners": False} if name == "trilinear" else {}
+    ref = torch.nn.functional.interpolate(
+        torch.from_numpy(x).double()[None, None], scale_factor=presets.parse_scale(scale), mode=name, **mode
+    ).numpy()[0, 0]
+    assert np.abs(y - ref).max() <= 1e-5 * 1000
