@@ -61,7 +61,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 _CHOSEN: dict[tuple, str] = {}
 SEPARABLE = "separable"  # one axis at a time (separable.py); offered only for kernels it can express
 PROXY = 40  # edge of the slab crop timed when choosing a path (smaller crops mispredicted)
-CONFIRM_LIMIT = 1 << 27  # output elements up to which the two best paths are re-timed on the slab itself
+CONFIRM_LIMIT = 1 << 25  # output elements up to which the best paths are re-timed on the slab itself
 
 
 class Engine:
@@ -107,7 +107,10 @@ class Engine:
         self._pweight: torch.Tensor | None = None
         # 1-D taps when the kernel is per-channel, shared and rank-1 (the presets): separable.py.
         self._taps = separable.factor(kernel, spec.strides) if spec.dilation_rate == (1, 1, 1) else None
-        self.path: str | None = None
+        self.path: str | None = None  # the formulation of the last tile
+        # A fixed formulation (force_path: --engine-path, a resumed run, the pipeline after timing its
+        # first slab); None: each call takes the one timed for its shape class (cached, see choose_path).
+        self.forced: str | None = None
         if path != "auto":
             self.force_path(path)
 
@@ -124,7 +127,7 @@ class Engine:
     def force_path(self, name: str) -> None:
         if name not in self.available_paths():
             raise SpecError(f"engine path {name!r} is not available here; use {', '.join(self.available_paths())}")
-        self.path = name
+        self.forced = self.path = name
 
     def _run(self, name: str, x: torch.Tensor, crop: Sequence[int] = (0, 0, 0)) -> torch.Tensor:
         s = self.spec
@@ -162,9 +165,10 @@ class Engine:
     def choose_path(self, x: torch.Tensor | Sequence[int]) -> str:
         """Time every formulation on a crop of the first slab (or a slab shape) and keep the fastest.
 
-        A 40^3 crop ranks the formulations cheaply but can misjudge large slabs (the phase shuffle's
-        cost grows faster than the convolution's), so when the slab is larger the best of each family
-        is timed again on the slab itself, up to a size where that would cost more than it saves.
+        A 40^3 crop ranks the formulations cheaply but can misjudge large slabs by 2-4x (the phase
+        shuffle's cost grows faster than the convolution's; oneDNN's transposed convolution the other
+        way), so when the slab is larger the best of each family is timed again on the slab itself,
+        or past CONFIRM_LIMIT output elements on its first planes.
         """
         if not isinstance(x, torch.Tensor):
             x = torch.zeros(tuple(x), device=self.device, dtype=self.dtype)
@@ -177,8 +181,6 @@ class Engine:
         d, h, w = (min(int(n), PROXY) for n in x.shape[2:])
         if dnn_default:
             h = min(int(x.shape[3]), max(h, paths.ONEDNN_MIN_ROWS // max(x.shape[1] * d, 1) + 1))
-        proxy = x[:, :, :d, :h, :w].contiguous()
-        candidates = [p for p in self.available_paths() if not (dnn_default and p in paths.DNN_PATHS)]
         bucket = tuple(1 << max(int(n) - 1, 0).bit_length() for n in x.shape[2:])
         key = (
             s.kernel_size,
@@ -195,6 +197,8 @@ class Engine:
         if key in _CHOSEN:  # one decision per shape class and process: repeated calls agree to the last bit
             self.path = _CHOSEN[key]
             return self.path
+        proxy = x[:, :, :d, :h, :w].contiguous()
+        candidates = [p for p in self.available_paths() if not (dnn_default and p in paths.DNN_PATHS)]
         sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
 
         def timed(name: str, sample: torch.Tensor):
@@ -204,26 +208,30 @@ class Engine:
             )
 
             def run():  # a whole tile as the pipeline computes it, in the layout the caller stores
-                self.path = name
-                y = self._tile_once(sample, (0, 0, 0), whole).contiguous(memory_format=self.out_memory_format)
+                y = self._tile_once(sample, (0, 0, 0), whole, path=name)
+                y = y.contiguous(memory_format=self.out_memory_format)
                 sync()
                 return y
 
             return run
 
         with torch.inference_mode():
-            best, self.timings = paths.fastest({name: timed(name, proxy) for name in candidates})
+            best, self.timings = paths.fastest({name: timed(name, proxy) for name in candidates}, repeats=2)
             out_elements = s.filters * math.prod(
                 geometry.full_length(n, k, st, d)
                 for n, k, st, d in zip(x.shape[2:], s.kernel_size, s.strides, s.dilation_rate)
             )
-            if tuple(x.shape) != tuple(proxy.shape) and out_elements <= CONFIRM_LIMIT:
-                finalists = {
-                    min((n for n in self.timings if n.startswith(family)), key=self.timings.get, default=None)
-                    for family in ("transpose", "phase", SEPARABLE)
-                } - {None}
+            # Past CONFIRM_LIMIT, a slab cut in depth stands in for it: same rows, fewer planes.
+            depth = max(1, int(x.shape[2] * min(1.0, CONFIRM_LIMIT / max(out_elements, 1))))
+            sample = x if depth >= x.shape[2] else x[:, :, :depth]
+            if tuple(sample.shape) != tuple(proxy.shape):
+                # oneDNN's own kernels and torch's scale differently with size too: best of each kind.
+                families: dict[tuple[str, bool], list[str]] = {}
+                for n in self.timings:
+                    families.setdefault((n.split("_")[0], "_dnn" in n), []).append(n)
+                finalists = {min(names, key=self.timings.get) for names in families.values()}
                 if len(finalists) > 1:
-                    best, confirmed = paths.fastest({n: timed(n, x) for n in finalists}, repeats=1)
+                    best, confirmed = paths.fastest({n: timed(n, sample) for n in finalists}, repeats=2)
                     self.timings.update({f"{n}@slab": t for n, t in confirmed.items()})
         self.path = best
         _CHOSEN[key] = best
@@ -232,7 +240,7 @@ class Engine:
     def full(self, x: torch.Tensor) -> torch.Tensor:
         """The uncropped transposed convolution of slab `x`, bias added (extra trailing positions: bias only)."""
         with torch.inference_mode():
-            if self.path is None:
+            if self.forced is None:
                 self.choose_path(x)
             return self._run(self.path, x)
 
@@ -268,12 +276,13 @@ class Engine:
         with torch.inference_mode():
             return self._tile_or_split(x, offsets, sizes)
 
-    def _tile_once(self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
+    def _tile_once(
+        self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...], path: str | None = None
+    ) -> torch.Tensor:
         if any(v == 0 for v in x.shape[2:]):
             y = self._bias_only((x.shape[0], self.spec.filters, *sizes))
         else:
-            if self.path is None:
-                self.choose_path(x)
+            self.path = path or self.forced or self.choose_path(x)
             if self.path == SEPARABLE:
                 assert self._taps is not None
                 y = separable.tile(x, self._taps, self.spec.strides, offsets, sizes)

@@ -366,8 +366,8 @@ def settle_engine(job: Prepared, engine: Any, opts: Options) -> dict[str, Any]:
             torch.set_num_threads(int(earlier["torch_threads"]))
     elif opts.engine_path != "auto":
         engine.force_path(opts.engine_path)
-    elif engine.path is None:
-        engine.choose_path(first_slab_shape(job, engine.in_channels))
+    else:  # every tile of this output with the formulation timed for its first slab
+        engine.force_path(engine.choose_path(first_slab_shape(job, engine.in_channels)))
     return {"engine_path": engine.path, "torch_threads": torch.get_num_threads()}
 
 

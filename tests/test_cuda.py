@@ -84,10 +84,10 @@ def test_cuda_out_of_memory_backs_off(monkeypatch):
     whole = Engine(spec, 4, device="cuda").whole(x).cpu().numpy()
     real = Engine._tile_once
 
-    def fake(self, xx, offsets, sizes):
+    def fake(self, xx, offsets, sizes, **kw):
         if int(np.prod(sizes)) > 500:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real(self, xx, offsets, sizes)
+        return real(self, xx, offsets, sizes, **kw)
 
     monkeypatch.setattr(Engine, "_tile_once", fake)
     engine = Engine(spec, 4, device="cuda")

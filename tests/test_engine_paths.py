@@ -87,11 +87,11 @@ def _oom_above(monkeypatch, limit: int) -> list[tuple[int, ...]]:
     seen = []
     real = Engine._tile_once
 
-    def fake(self, x, offsets, sizes):
+    def fake(self, x, offsets, sizes, **kw):
         seen.append(tuple(sizes))
         if int(np.prod(sizes)) > limit:
             raise torch.OutOfMemoryError("simulated: device full")
-        return real(self, x, offsets, sizes)
+        return real(self, x, offsets, sizes, **kw)
 
     monkeypatch.setattr(Engine, "_tile_once", fake)
     return seen
@@ -169,3 +169,24 @@ def test_cli_lists_every_formulation():
 
     option = next(p for p in upsample.params if p.name == "engine_path")
     assert tuple(option.type.choices) == ("auto", *PATHS, SEPARABLE)
+
+
+def test_an_unforced_engine_times_each_shape_class_anew(monkeypatch):
+    """A layer called on a tiny volume first must not keep that volume's formulation for big ones."""
+    monkeypatch.setattr("deconv3d_cli.engine._CHOSEN", {})
+    spec = spec_for(np.random.default_rng(6))
+    engine = Engine(spec, 2)
+    seen = []
+    real = Engine.choose_path
+
+    def spy(self, x):
+        seen.append(tuple(x.shape))
+        return real(self, x)
+
+    monkeypatch.setattr(Engine, "choose_path", spy)
+    engine.whole(np.zeros((1, 2, 2, 2, 2), np.float32))
+    engine.whole(np.zeros((1, 2, 9, 10, 11), np.float32))
+    assert [s[2:] for s in seen] == [(2, 2, 2), (9, 10, 11)] and engine.forced is None
+    engine.force_path("transpose")
+    engine.whole(np.zeros((1, 2, 20, 20, 20), np.float32))
+    assert len(seen) == 2 and engine.path == "transpose"
