@@ -179,8 +179,10 @@ class Engine:
         phase_kernel = [-(-k // st) for k, st in zip(s.kernel_size, s.strides)]
         dnn_default = paths.onednn_by_default(x.shape, phase_kernel)
         d, h, w = (min(int(n), PROXY) for n in x.shape[2:])
-        if dnn_default:
+        if dnn_default:  # N*C*d*h must pass the threshold as the slab's does: taller, then deeper
             h = min(int(x.shape[3]), max(h, paths.ONEDNN_MIN_ROWS // max(x.shape[1] * d, 1) + 1))
+            if x.shape[1] * d * h <= paths.ONEDNN_MIN_ROWS:
+                d = min(int(x.shape[2]), paths.ONEDNN_MIN_ROWS // max(x.shape[1] * h, 1) + 1)
         bucket = tuple(1 << max(int(n) - 1, 0).bit_length() for n in x.shape[2:])
         key = (
             s.kernel_size,

@@ -56,10 +56,12 @@ def _onednn_transpose() -> Callable[..., torch.Tensor]:
     return torch.ops.mkldnn._convolution_transpose_pointwise  # noqa: SLF001
 
 
-def _conv3d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dnn: bool) -> torch.Tensor:
+def _conv3d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, dnn: bool, padding: Sequence[int] = (0, 0, 0)
+) -> torch.Tensor:
     if dnn:
-        return torch.ops.aten.mkldnn_convolution(x, weight, bias, [0, 0, 0], [1, 1, 1], [1, 1, 1], 1)
-    return F.conv3d(x, weight, bias)
+        return torch.ops.aten.mkldnn_convolution(x, weight, bias, list(padding), [1, 1, 1], [1, 1, 1], 1)
+    return F.conv3d(x, weight, bias, padding=tuple(padding))
 
 
 def transpose(
@@ -199,6 +201,19 @@ def phase_window(
             out = out.contiguous(memory_format=torch.channels_last_3d)
     if any(hi <= lo for lo, hi in rows):
         return out
+    # Stride 1 with a window centred on the full output ('same' with odd kernels): conv3d's own
+    # padding gives exactly the window, with no padded copy of the input and no shuffle pass.
+    pads = [k - 1 - o for o, k in zip(offsets, pweight.shape[2:])]
+    if (
+        inside
+        and all(ss == 1 for ss in s)
+        and all(
+            p >= 0 and n_in + 2 * p - k + 1 == m for p, n_in, k, m in zip(pads, x.shape[2:], pweight.shape[2:], sizes)
+        )
+    ):
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+        return _conv3d(x, pweight, bias, dnn, padding=pads)
     y = _phase_conv(x, pweight, bias, s, cl, rows, dnn)
     phases = y.view(n, filters, s[0], s[1], s[2], *y.shape[2:])
     for r in product(*(range(ss) for ss in s)):

@@ -190,3 +190,27 @@ def test_an_unforced_engine_times_each_shape_class_anew(monkeypatch):
     engine.force_path("transpose")
     engine.whole(np.zeros((1, 2, 20, 20, 20), np.float32))
     assert len(seen) == 2 and engine.path == "transpose"
+
+
+@pytest.mark.parametrize("path", [p for p in PATHS if p.startswith("phase")])
+@pytest.mark.parametrize("k,pad", [((3, 3, 3), "same"), ((5, 3, 1), "same"), ((3, 2, 4), "same"), ((3, 3, 3), "valid")])
+def test_stride_one_phase_paths_whole_and_tiled(path, k, pad):
+    """Stride 1: a centred window is conv3d's own padding (no copy); other windows take the general route."""
+    rng = np.random.default_rng(11)
+    spec = spec_for(rng, cin=3, f=2, k=k, s=1, pad=pad)
+    x = rng.standard_normal((1, 3, 7, 6, 5)).astype(np.float32)
+    ref = Engine(spec, 3, precision="fp64", path="transpose").whole(x.astype(np.float64)).numpy()
+    engine = Engine(spec, 3)
+    if path not in engine.available_paths():
+        pytest.skip(f"{path} needs oneDNN")
+    engine.force_path(path)
+    assert np.abs(engine.whole(x).numpy() - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    from deconv3d_cli.tiling import make_plan
+
+    plan = make_plan(spec.axes(x.shape[2:]), 1, 3, 2, spec.kernel_size, memory_limit=1 << 40, tile_shape=(3, 4, 2))
+    out = np.zeros_like(ref)
+    for t in plan.tiles():
+        out[(slice(None), slice(None), *t.out)] = engine.tile(
+            x[(slice(None), slice(None), *t.src)], t.offsets, t.sizes
+        ).numpy()
+    assert np.abs(out - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
