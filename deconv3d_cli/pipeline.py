@@ -366,7 +366,7 @@ def settle_engine(job: Prepared, engine: Any, opts: Options) -> dict[str, Any]:
             torch.set_num_threads(int(earlier["torch_threads"]))
     elif opts.engine_path != "auto":
         engine.force_path(opts.engine_path)
-    else:  # every tile of this output with the formulation timed for its first slab
+    elif engine.forced is None:  # every tile of this output with the formulation timed for its first slab
         engine.force_path(engine.choose_path(first_slab_shape(job, engine.in_channels)))
     return {"engine_path": engine.path, "torch_threads": torch.get_num_threads()}
 
@@ -377,7 +377,25 @@ def execute(
     opts: Options,
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Compute every tile of the plan into a partial file, then atomically move it onto the target."""
+    """Compute every tile of the plan into a partial file, then atomically move it onto the target.
+
+    The engine keeps the formulation it came with: one fixed for this output (settle_engine) is
+    released afterwards, so the next file of a batch is timed for its own shape.
+    """
+    before = getattr(engine, "forced", None)
+    try:
+        return _execute(job, engine, opts, on_progress)
+    finally:
+        if hasattr(engine, "forced"):
+            engine.forced = before
+
+
+def _execute(
+    job: Prepared,
+    engine: Any,
+    opts: Options,
+    on_progress: Callable[[int], None] | None,
+) -> dict[str, Any]:
     header = {**job.header(), **settle_engine(job, engine, opts)}
     target = OutputTarget(job.output, header, overwrite=opts.overwrite, resume=opts.resume)
     resumed = target.open()

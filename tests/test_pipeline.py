@@ -167,3 +167,29 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, seed):
     assert report["resumed_tiles"] >= kill_after
     np.testing.assert_array_equal(np.load(target), np.load(tmp_path / "ref.npy"))
     assert not partial_path(target).exists() and not journal.exists()
+
+
+def test_execute_fixes_one_formulation_per_output_and_releases_it(tmp_path):
+    """Every tile of an output uses one formulation (resume reproduces it); the next file is timed anew,
+    and a formulation the caller fixed stays fixed."""
+    from deconv3d_cli import LayerSpec
+    from deconv3d_cli.engine import Engine
+    from deconv3d_cli.pipeline import Options, execute, prepare
+
+    rng = np.random.default_rng(12)
+    spec = LayerSpec.create(
+        filters=2,
+        kernel_size=3,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel=rng.standard_normal((3, 3, 3, 2, 2)).astype(np.float32),
+    )
+    np.save(tmp_path / "in.npy", rng.standard_normal((9, 8, 7, 2)).astype(np.float32))
+    opts = Options(progress=False, tile=(4, 4, 4))
+    engine = Engine(spec, 2)
+    report = execute(prepare(spec, tmp_path / "in.npy", tmp_path / "a.npy", opts), engine, opts)
+    assert report["engine_path"] == engine.path and engine.forced is None
+    engine.force_path("transpose")
+    report = execute(prepare(spec, tmp_path / "in.npy", tmp_path / "b.npy", opts), engine, opts)
+    assert report["engine_path"] == "transpose" and engine.forced == "transpose"
