@@ -35,7 +35,7 @@ def run_array(spec: LayerSpec, x: Any, device: str = "cpu", precision: str = "fp
     if _is_torch(x):
         return _from_ncdhw_torch(layout, engine.whole(_to_ncdhw_torch(layout, x)), spec.filters)
     y = engine_mod.to_numpy(engine.whole(layout.to_ncdhw(x)))
-    return np.ascontiguousarray(layout.from_ncdhw(y, spec.filters))
+    return engine_mod.dense(layout.from_ncdhw(y, spec.filters))
 
 
 def _to_ncdhw_torch(layout: Layout, x: Any) -> Any:

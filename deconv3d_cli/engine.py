@@ -379,6 +379,22 @@ def _window(full: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]
     return out
 
 
+def dense(arr: np.ndarray) -> np.ndarray:
+    """`arr` C-contiguous, copied by torch's threaded copy when it is a strided view.
+
+    A 'same' window of the full output (k3 s2: 128^3 of 129^3, 16 channels) is such a view; numpy's
+    single-threaded copy took 15.9 ms of it and torch's 8.9 ms.
+    """
+    if arr.flags.c_contiguous:
+        return arr
+    out = np.empty(arr.shape, arr.dtype)
+    try:
+        torch.from_numpy(out).copy_(torch.from_numpy(arr))
+    except (TypeError, ValueError, RuntimeError):  # strides torch cannot view (negative): numpy's copy
+        np.copyto(out, arr)
+    return out
+
+
 def to_numpy(y: torch.Tensor, dtype: np.dtype | None = None) -> np.ndarray:
     arr = y.detach()
     if arr.dtype in (torch.float16, torch.bfloat16):
