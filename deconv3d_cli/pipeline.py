@@ -450,7 +450,7 @@ def _execute(
                     if item is None:
                         break
                     tile, data, buf = item
-                    transfers.wait(buf)
+                    transfers.wait(data)  # the tile's own array: it starts inside `buf` (see _Pool.view)
                     write_tile(job, writer, tile, data)
                     pool.free.put(buf)
                     with written_lock:

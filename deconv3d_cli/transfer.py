@@ -71,11 +71,15 @@ class Transfers:
             self._pending[host.ctypes.data] = done
         return True
 
-    def wait(self, buf: np.ndarray) -> None:
-        """Writer thread: block until the download into pool buffer `buf` (if any) has landed."""
+    def wait(self, host: np.ndarray) -> None:
+        """Writer thread: block until the download into `host` (if any) has landed.
+
+        Downloads are keyed by the address of the array they fill, which is not the pool buffer's
+        start when the tile is placed at a page phase (pipeline._Pool.view).
+        """
         if not self.cuda:
             return
         with self._lock:
-            done = self._pending.pop(buf.ctypes.data, None)
+            done = self._pending.pop(host.ctypes.data, None)
         if done is not None:
             done.synchronize()

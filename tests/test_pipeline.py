@@ -193,3 +193,54 @@ def test_execute_fixes_one_formulation_per_output_and_releases_it(tmp_path):
     engine.force_path("transpose")
     report = execute(prepare(spec, tmp_path / "in.npy", tmp_path / "b.npy", opts), engine, opts)
     assert report["engine_path"] == "transpose" and engine.forced == "transpose"
+
+
+def test_deferred_downloads_are_waited_for_by_the_array_they_fill(tmp_path, monkeypatch):
+    """On CUDA a tile's download lands asynchronously and the writer waits for it by the tile array's
+    address; tiles sit at a page phase inside their pool buffer, so waiting on the buffer would write
+    stale data. A fake that copies only when waited for shows it without a GPU."""
+    import torch
+
+    from deconv3d_cli import LayerSpec, pipeline
+    from deconv3d_cli.api import run_array
+
+    class DeferredTransfers:
+        def __init__(self, device):
+            self.device, self.cuda, self.pending = device, False, {}
+
+        def host_buffer(self, nbytes):
+            return np.empty(nbytes, np.uint8)
+
+        def upload(self, slab):
+            return slab
+
+        def ready(self, item):
+            return item
+
+        def download(self, y, host):
+            if host.dtype.kind != "f":
+                return False
+            self.pending[host.ctypes.data] = (y.clone(), host)
+            return True
+
+        def wait(self, host):
+            item = self.pending.pop(host.ctypes.data, None)
+            if item is not None:
+                torch.from_numpy(item[1]).copy_(item[0])
+
+    made = []
+    monkeypatch.setattr(pipeline, "Transfers", lambda device: made.append(DeferredTransfers(device)) or made[-1])
+    rng = np.random.default_rng(13)
+    spec = LayerSpec.create(
+        filters=3,
+        kernel_size=3,
+        strides=2,
+        padding="same",
+        use_bias=False,
+        kernel=rng.standard_normal((3, 3, 3, 3, 2)).astype(np.float32),
+    )
+    x = rng.standard_normal((40, 36, 200, 2)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    report = pipeline.run_job(spec, tmp_path / "in.npy", tmp_path / "out.npy", pipeline.Options(progress=False))
+    assert report["tiles"] > 1 and made and not made[0].pending
+    np.testing.assert_allclose(np.load(tmp_path / "out.npy"), run_array(spec, x), rtol=1e-5, atol=1e-5)
