@@ -38,3 +38,18 @@ def assert_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-6) -> None:
     assert a.shape == b.shape, (a.shape, b.shape)
     scale = max(1.0, float(np.abs(b).max()))
     assert float(np.abs(a.astype(np.float64) - b).max()) <= rel * scale
+
+
+def tiled(engine, spec: LayerSpec, x: np.ndarray, tile_shape) -> np.ndarray:
+    """The engine's output of (N, C, D, H, W) `x` assembled tile by tile, each from its own input slab."""
+    from deconv3d_cli.tiling import make_plan
+
+    c = x.shape[1]
+    plan = make_plan(
+        spec.axes(x.shape[2:]), 1, c, spec.filters, spec.kernel_size, memory_limit=1 << 40, tile_shape=tuple(tile_shape)
+    )
+    out = np.zeros((x.shape[0], spec.filters, *plan.out_shape), np.float64)
+    for t in plan.tiles():
+        piece = engine.tile(x[(slice(None), slice(None), *t.src)], t.offsets, t.sizes)
+        out[(slice(None), slice(None), *t.out)] = piece.numpy()
+    return out

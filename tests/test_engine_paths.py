@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close, tiled
 
 from deconv3d_cli import LayerSpec, RunError
 from deconv3d_cli.engine import Engine
@@ -123,8 +124,6 @@ def test_out_of_memory_on_one_voxel_is_a_clear_error(monkeypatch):
 @pytest.mark.parametrize("case", range(4))
 def test_every_path_tiles_equal_fp64_whole(path, case):
     """Tiles of random sizes (one voxel up), bias-only tails and k < s gaps included, on each path."""
-    from deconv3d_cli.tiling import make_plan
-
     rng = np.random.default_rng(100 + case)
     k = tuple(int(v) for v in rng.integers(1, 5, 3))
     s = tuple(int(v) for v in rng.integers(1, 4, 3))
@@ -132,14 +131,7 @@ def test_every_path_tiles_equal_fp64_whole(path, case):
     x = rng.standard_normal((1, 2, 5, 6, 4)).astype(np.float32)
     ref = Engine(spec, 2, precision="fp64", path="transpose").whole(x.astype(np.float64)).numpy()
     engine = Engine(spec, 2, path=path)
-    axes = spec.axes(x.shape[2:])
-    tile = tuple(int(v) for v in rng.integers(1, 6, 3))
-    plan = make_plan(axes, 1, 2, 2, spec.kernel_size, memory_limit=1 << 40, tile_shape=tile)
-    out = np.zeros_like(ref)
-    for t in plan.tiles():
-        y = engine.tile(x[(slice(None), slice(None), *t.src)], t.offsets, t.sizes).numpy()
-        out[(slice(None), slice(None), *t.out)] = y
-    assert np.abs(out - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    assert_close(tiled(engine, spec, x, rng.integers(1, 6, 3)), ref, rel=1e-5)
 
 
 def test_a_formulation_that_raises_is_left_out_of_the_choice(monkeypatch):
@@ -204,13 +196,5 @@ def test_stride_one_phase_paths_whole_and_tiled(path, k, pad):
     if path not in engine.available_paths():
         pytest.skip(f"{path} needs oneDNN")
     engine.force_path(path)
-    assert np.abs(engine.whole(x).numpy() - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
-    from deconv3d_cli.tiling import make_plan
-
-    plan = make_plan(spec.axes(x.shape[2:]), 1, 3, 2, spec.kernel_size, memory_limit=1 << 40, tile_shape=(3, 4, 2))
-    out = np.zeros_like(ref)
-    for t in plan.tiles():
-        out[(slice(None), slice(None), *t.out)] = engine.tile(
-            x[(slice(None), slice(None), *t.src)], t.offsets, t.sizes
-        ).numpy()
-    assert np.abs(out - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    assert_close(engine.whole(x).numpy(), ref, rel=1e-5)
+    assert_close(tiled(engine, spec, x, (3, 4, 2)), ref, rel=1e-5)

@@ -172,19 +172,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, seed):
 def test_execute_fixes_one_formulation_per_output_and_releases_it(tmp_path):
     """Every tile of an output uses one formulation (resume reproduces it); the next file is timed anew,
     and a formulation the caller fixed stays fixed."""
-    from deconv3d_cli import LayerSpec
     from deconv3d_cli.engine import Engine
     from deconv3d_cli.pipeline import Options, execute, prepare
 
     rng = np.random.default_rng(12)
-    spec = LayerSpec.create(
-        filters=2,
-        kernel_size=3,
-        strides=2,
-        padding="same",
-        use_bias=False,
-        kernel=rng.standard_normal((3, 3, 3, 2, 2)).astype(np.float32),
-    )
+    spec = random_spec(rng, in_ch=2)
     np.save(tmp_path / "in.npy", rng.standard_normal((9, 8, 7, 2)).astype(np.float32))
     opts = Options(progress=False, tile=(4, 4, 4))
     engine = Engine(spec, 2)
@@ -201,7 +193,7 @@ def test_deferred_downloads_are_waited_for_by_the_array_they_fill(tmp_path, monk
     stale data. A fake that copies only when waited for shows it without a GPU."""
     import torch
 
-    from deconv3d_cli import LayerSpec, pipeline
+    from deconv3d_cli import pipeline
     from deconv3d_cli.api import run_array
 
     class DeferredTransfers:
@@ -231,14 +223,7 @@ def test_deferred_downloads_are_waited_for_by_the_array_they_fill(tmp_path, monk
     made = []
     monkeypatch.setattr(pipeline, "Transfers", lambda device: made.append(DeferredTransfers(device)) or made[-1])
     rng = np.random.default_rng(13)
-    spec = LayerSpec.create(
-        filters=3,
-        kernel_size=3,
-        strides=2,
-        padding="same",
-        use_bias=False,
-        kernel=rng.standard_normal((3, 3, 3, 3, 2)).astype(np.float32),
-    )
+    spec = random_spec(rng, in_ch=2, filters=3)
     x = rng.standard_normal((40, 36, 200, 2)).astype(np.float32)
     np.save(tmp_path / "in.npy", x)
     report = pipeline.run_job(spec, tmp_path / "in.npy", tmp_path / "out.npy", pipeline.Options(progress=False))

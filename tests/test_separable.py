@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import assert_close, tiled
 
 from deconv3d_cli import presets, separable
 from deconv3d_cli.engine import SEPARABLE, Engine
 from deconv3d_cli.spec import LayerSpec
-from deconv3d_cli.tiling import make_plan
 
 
 def _separable_spec(rng, k, s, channels=2, pad="same", bias=True, fmt="channels_last", taps=None, act=None):
@@ -75,24 +75,8 @@ def test_separable_path_equals_fp64_transposed_convolution(case):
     x = rng.standard_normal((1, c, 6, 5, 7)).astype(np.float32)
     ref = Engine(spec, c, precision="fp64", path="transpose").whole(x.astype(np.float64)).numpy()
     engine = Engine(spec, c, path=SEPARABLE)
-    whole = engine.whole(x).numpy()
-    assert whole.shape == ref.shape
-    assert np.abs(whole - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
-    plan = make_plan(
-        spec.axes(x.shape[2:]),
-        1,
-        c,
-        c,
-        spec.kernel_size,
-        memory_limit=1 << 40,
-        tile_shape=tuple(int(v) for v in rng.integers(1, 6, 3)),
-    )
-    out = np.zeros_like(ref)
-    for t in plan.tiles():
-        out[(slice(None), slice(None), *t.out)] = engine.tile(
-            x[(slice(None), slice(None), *t.src)], t.offsets, t.sizes
-        ).numpy()
-    assert np.abs(out - ref).max() <= 1e-5 * max(1.0, np.abs(ref).max())
+    assert_close(engine.whole(x).numpy(), ref, rel=1e-5)
+    assert_close(tiled(engine, spec, x, rng.integers(1, 6, 3)), ref, rel=1e-5)
 
 
 def test_separable_path_with_channels_first_and_activation():
