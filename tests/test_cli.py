@@ -224,3 +224,17 @@ def test_output_dtype_keep_rounds_and_clips(tmp_path):
     expect = np.clip(np.rint(ref), -32768, 32767)
     np.testing.assert_array_equal(y, expect.astype(np.int16))
     assert json.loads(r.stdout)["clipped_voxels"] == int(np.count_nonzero(np.rint(ref) > 32767))
+
+
+def test_engine_path_the_layer_cannot_take_is_one_line_exit_2(tmp_path):
+    """`separable` needs a per-channel rank-1 kernel; a dense one is refused before anything is written."""
+    rng = np.random.default_rng(0)
+    np.savez(
+        tmp_path / "w.npz", kernel=rng.standard_normal((3, 3, 3, 2, 1)).astype(np.float32), bias=np.zeros(2, np.float32)
+    )
+    spec = tmp_path / "dense.yaml"
+    spec.write_text("filters: 2\nkernel_size: 3\nstrides: 2\npadding: same\nweights: w.npz\n")
+    out = tmp_path / "o.npy"
+    r = run("upsample", str(SAMPLE / "phantom.npy"), "-o", str(out), "--spec", str(spec), "--engine-path", "separable")
+    one_line_error(r, 2, "separable", "not available", "transpose")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense.yaml", "w.npz"]
