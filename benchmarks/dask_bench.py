@@ -51,7 +51,7 @@ def clean(path: Path) -> None:
 
 def run_single(spec, src: Path, dst: Path, options, path: str | None) -> dict:
     from deconv3d_cli.engine import Engine
-    from deconv3d_cli.pipeline import execute, prepare
+    from deconv3d_cli.run.local import execute, prepare
 
     clean(dst)
     t0 = time.perf_counter()
@@ -65,7 +65,7 @@ def run_single(spec, src: Path, dst: Path, options, path: str | None) -> dict:
 
 
 def run_cluster(spec, src: Path, dst: Path, options, client, path: str | None) -> dict:
-    from deconv3d_cli import distributed as dd
+    from deconv3d_cli.run.dask import runner as dd
 
     clean(dst)
     t0 = time.perf_counter()
@@ -95,8 +95,8 @@ def main() -> None:
 
     import distributed
 
-    from deconv3d_cli.pipeline import Options
-    from deconv3d_cli.tiling import format_bytes, parse_bytes
+    from deconv3d_cli.geometry.tiling import format_bytes, parse_bytes
+    from deconv3d_cli.run.local import Options
 
     budget = parse_bytes(args.memory_limit)
     cores = os.cpu_count() or 1

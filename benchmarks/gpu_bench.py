@@ -27,7 +27,7 @@ from run import LAYERS, QUICK_LAYERS, layer_name  # noqa: E402
 
 from deconv3d_cli import LayerSpec  # noqa: E402
 from deconv3d_cli.engine import Engine  # noqa: E402
-from deconv3d_cli.pipeline import Options, run_job  # noqa: E402
+from deconv3d_cli.run.local import Options, run_job  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

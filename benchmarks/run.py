@@ -100,7 +100,7 @@ def work_layer(impl: str, c, repeats: int, tmp: Path) -> float | None:
         return _median_ms(lambda: layer(x), repeats)
     if impl == "tool":
         from deconv3d_cli import LayerSpec
-        from deconv3d_cli.pipeline import Options, run_job
+        from deconv3d_cli.run.local import Options, run_job
 
         spec = LayerSpec.create(filters=f, kernel_size=k, strides=s, padding=pad, kernel=kernel, bias=bias)
         src = tmp / "in.npy"
@@ -150,7 +150,7 @@ def work_preset(impl: str, p, repeats: int) -> float | None:
     name, scale, e = p
     x = np.random.default_rng(0).uniform(0, 1000, (e, e, e)).astype(np.float32)
     if impl == "preset":
-        from deconv3d_cli.presets import upsample
+        from deconv3d_cli.layer.presets import upsample
 
         return _median_ms(lambda: upsample(x, name, scale), repeats)
     if impl == "interpolate":

@@ -76,7 +76,7 @@ def main() -> None:
     ap.add_argument("--memory-limit", default="256MiB")
     ap.add_argument("--workdir", type=Path, default=None, help="where the big files go (default: a temp dir)")
     args = ap.parse_args()
-    from deconv3d_cli.tiling import format_bytes, parse_bytes
+    from deconv3d_cli.geometry.tiling import format_bytes, parse_bytes
 
     budget = parse_bytes(args.memory_limit)
     RESULTS.mkdir(exist_ok=True)

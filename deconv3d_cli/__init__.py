@@ -5,7 +5,7 @@ Importing the package does not import torch; the engine loads it on first use.
 
 from .api import Conv3DTranspose, conv3d_transpose
 from .errors import Deconv3dError, InputError, RunError, SpecError
-from .spec import LayerSpec
+from .layer.spec import LayerSpec
 
 __version__ = "0.1.0"
 

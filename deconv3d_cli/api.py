@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 
 from .errors import SpecError
-from .layout import Layout
-from .spec import LayerSpec
+from .geometry.layout import Layout
+from .layer.spec import LayerSpec
 
 
 def _is_torch(x: Any) -> bool:
@@ -22,7 +22,7 @@ def _is_torch(x: Any) -> bool:
 
 def run_array(spec: LayerSpec, x: Any, device: str = "cpu", precision: str = "fp32", engine: Any = None) -> Any:
     """Apply `spec` to a whole array in the layout its ndim and `spec.data_format` imply."""
-    from . import engine as engine_mod
+    from .engine import core as engine_mod
 
     if not _is_torch(x):
         x = np.asarray(x)
@@ -219,7 +219,7 @@ class Conv3DTranspose:
             self.build(shape)
         layout = self.spec.layout(len(shape))
         if self._engine is None or self._engine.in_channels != layout.channels(shape):
-            from .engine import Engine
+            from .engine.core import Engine
 
             self._engine = Engine(self.spec, layout.channels(shape), self.device, self.precision)
         return run_array(self.spec, x, engine=self._engine)

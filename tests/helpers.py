@@ -42,7 +42,7 @@ def assert_close(a: np.ndarray, b: np.ndarray, rel: float = 1e-6) -> None:
 
 def tiled(engine, spec: LayerSpec, x: np.ndarray, tile_shape) -> np.ndarray:
     """The engine's output of (N, C, D, H, W) `x` assembled tile by tile, each from its own input slab."""
-    from deconv3d_cli.tiling import make_plan
+    from deconv3d_cli.geometry.tiling import make_plan
 
     c = x.shape[1]
     plan = make_plan(

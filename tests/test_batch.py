@@ -9,7 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from deconv3d_cli.batch import (
+from deconv3d_cli.errors import InputError, SpecError
+from deconv3d_cli.run.batch import (
     FileResult,
     Job,
     Report,
@@ -20,7 +21,6 @@ from deconv3d_cli.batch import (
     run_batch,
     shard,
 )
-from deconv3d_cli.errors import InputError, SpecError
 
 
 @given(n=st.integers(0, 300), count=st.integers(1, 17))

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from deconv3d_cli import presets
 from deconv3d_cli.cli import main
+from deconv3d_cli.layer import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"

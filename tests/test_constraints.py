@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from deconv3d_cli import LayerSpec, SpecError
 from deconv3d_cli.cli import main
-from deconv3d_cli.constraints import apply, apply_to_weights, format_report, normalise
+from deconv3d_cli.layer.constraints import apply, apply_to_weights, format_report, normalise
 
 FIX = Path(__file__).resolve().parent / "fixtures_import"
 KERAS = np.load(FIX / "constraints.npz")

@@ -11,9 +11,9 @@ import pytest
 from click.testing import CliRunner
 
 from deconv3d_cli import InputError, LayerSpec
-from deconv3d_cli import distributed as dd
 from deconv3d_cli.cli import main
-from deconv3d_cli.pipeline import Options
+from deconv3d_cli.run.dask import runner as dd
+from deconv3d_cli.run.local import Options
 
 
 def spec_file(tmp_path, **hyper):
@@ -98,7 +98,7 @@ def test_missing_extra_says_what_to_install(monkeypatch):
 
 def test_align_chunks_divides_the_tiles(tmp_path):
     """A budget too small for chunk-aligned tiles gets chunks that divide the tiles (the user gave none)."""
-    from deconv3d_cli.pipeline import prepare
+    from deconv3d_cli.run.local import prepare
 
     layer = LayerSpec.from_yaml(spec_file(tmp_path, filters=1))
     reader = dd.VirtualReader(tmp_path / "v.npy", (40, 48, 44))

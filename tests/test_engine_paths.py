@@ -9,7 +9,7 @@ from helpers import assert_close, tiled
 
 from deconv3d_cli import LayerSpec, RunError
 from deconv3d_cli.engine import Engine
-from deconv3d_cli.paths import PATHS
+from deconv3d_cli.engine.formulations import PATHS
 
 
 def spec_for(rng, cin=2, f=3, k=(3, 4, 2), s=(2, 3, 1), d=1, pad="same", act="relu", fmt="channels_last", op=None):
@@ -136,7 +136,7 @@ def test_every_path_tiles_equal_fp64_whole(path, case):
 
 def test_a_formulation_that_raises_is_left_out_of_the_choice(monkeypatch):
     """A oneDNN entry point refusing a shape must not fail the run: the other paths are timed."""
-    from deconv3d_cli import paths
+    from deconv3d_cli.engine import formulations as paths
 
     spec = spec_for(np.random.default_rng(5))
     real = paths.transpose
@@ -147,7 +147,7 @@ def test_a_formulation_that_raises_is_left_out_of_the_choice(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(paths, "transpose", refusing)
-    monkeypatch.setattr("deconv3d_cli.engine._CHOSEN", {})
+    monkeypatch.setattr("deconv3d_cli.engine.core._CHOSEN", {})
     engine = Engine(spec, 2)
     chosen = engine.choose_path(torch.zeros(1, 2, 9, 9, 9))
     assert chosen in ("transpose_cl",) or chosen.startswith("phase")
@@ -165,7 +165,7 @@ def test_cli_lists_every_formulation():
 
 def test_an_unforced_engine_times_each_shape_class_anew(monkeypatch):
     """A layer called on a tiny volume first must not keep that volume's formulation for big ones."""
-    monkeypatch.setattr("deconv3d_cli.engine._CHOSEN", {})
+    monkeypatch.setattr("deconv3d_cli.engine.core._CHOSEN", {})
     spec = spec_for(np.random.default_rng(6))
     engine = Engine(spec, 2)
     seen = []

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deconv3d_cli import conv3d_transpose
-from deconv3d_cli.geometry import Axis, axes_for, effective_kernel, output_affine, output_spacing
+from deconv3d_cli.geometry.axis import Axis, axes_for, effective_kernel, output_affine, output_spacing
 
 SETTINGS = settings(max_examples=80, deadline=None)
 

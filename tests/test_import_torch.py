@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from deconv3d_cli import LayerSpec, SpecError, importers
 from deconv3d_cli.api import run_array
 from deconv3d_cli.cli import main
-from deconv3d_cli.geometry import EXPLICIT, Axis, axes_for, explicit_output_length
+from deconv3d_cli.geometry.axis import EXPLICIT, Axis, axes_for, explicit_output_length
 
 LENGTH = 3
 

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from deconv3d_cli import LayerSpec, SpecError
-from deconv3d_cli.initializers import NAMES, compute_fans, make, normalise
+from deconv3d_cli.layer.initializers import NAMES, compute_fans, make, normalise
 
 TRUNC_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
 

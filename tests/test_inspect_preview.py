@@ -12,9 +12,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 from deconv3d_cli import io as vio
-from deconv3d_cli import preview
 from deconv3d_cli.cli import main
-from deconv3d_cli.inspect import describe, format_text, guess_layout
+from deconv3d_cli.views import preview
+from deconv3d_cli.views.describe import describe, format_text, guess_layout
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"

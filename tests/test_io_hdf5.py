@@ -13,9 +13,9 @@ from helpers import reference
 
 from deconv3d_cli import InputError, LayerSpec
 from deconv3d_cli.cli import main
+from deconv3d_cli.geometry.layout import Layout
 from deconv3d_cli.io import VolumeMeta, create_writer, open_reader, output_chunks
 from deconv3d_cli.io import hdf5 as h5io
-from deconv3d_cli.layout import Layout
 
 RNG = np.random.default_rng(7)
 

@@ -21,9 +21,9 @@ from nibabel.testing import data_path as NIB_DATA
 from deconv3d_cli import conv3d_transpose
 from deconv3d_cli.cli import main
 from deconv3d_cli.errors import InputError
+from deconv3d_cli.geometry.layout import Layout
 from deconv3d_cli.io import nifti
 from deconv3d_cli.io.base import VolumeMeta
-from deconv3d_cli.layout import Layout
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deconv3d_cli import InputError, LayerSpec
-from deconv3d_cli.atomic import journal_path, partial_path
-from deconv3d_cli.pipeline import Options, prepare, run_job
+from deconv3d_cli.io.atomic import journal_path, partial_path
+from deconv3d_cli.run.local import Options, prepare, run_job
 
 
 def make_spec(tmp: Path, rng: np.random.Generator, in_ch: int = 2, **hyper) -> tuple[Path, LayerSpec]:
@@ -112,7 +112,7 @@ def test_resume_refuses_another_spec(tmp_path):
     np.save(tmp_path / "in.npy", x)
     target = tmp_path / "out.npy"
     job = prepare(spec, tmp_path / "in.npy", target, Options(tile=(4, 4, 4), progress=False))
-    from deconv3d_cli.atomic import OutputTarget
+    from deconv3d_cli.io.atomic import OutputTarget
 
     t = OutputTarget(target, {**job.header(), "engine_path": "transpose"})
     t.open()
@@ -173,7 +173,7 @@ def test_execute_fixes_one_formulation_per_output_and_releases_it(tmp_path):
     """Every tile of an output uses one formulation (resume reproduces it); the next file is timed anew,
     and a formulation the caller fixed stays fixed."""
     from deconv3d_cli.engine import Engine
-    from deconv3d_cli.pipeline import Options, execute, prepare
+    from deconv3d_cli.run.local import Options, execute, prepare
 
     rng = np.random.default_rng(12)
     spec = random_spec(rng, in_ch=2)
@@ -193,8 +193,8 @@ def test_deferred_downloads_are_waited_for_by_the_array_they_fill(tmp_path, monk
     stale data. A fake that copies only when waited for shows it without a GPU."""
     import torch
 
-    from deconv3d_cli import pipeline
     from deconv3d_cli.api import run_array
+    from deconv3d_cli.run import local as pipeline
 
     class DeferredTransfers:
         def __init__(self, device):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from deconv3d_cli import presets
-from deconv3d_cli.boundary import source_rows
 from deconv3d_cli.cli import main
+from deconv3d_cli.geometry.boundary import source_rows
+from deconv3d_cli.layer import presets
 
 SCALES = [2, 3, (2, 2, 3)]
 

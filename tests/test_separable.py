@@ -7,9 +7,9 @@ import pytest
 import torch
 from helpers import assert_close, tiled
 
-from deconv3d_cli import presets, separable
-from deconv3d_cli.engine import SEPARABLE, Engine
-from deconv3d_cli.spec import LayerSpec
+from deconv3d_cli.engine import SEPARABLE, Engine, separable
+from deconv3d_cli.layer import presets
+from deconv3d_cli.layer.spec import LayerSpec
 
 
 def _separable_spec(rng, k, s, channels=2, pad="same", bias=True, fmt="channels_last", taps=None, act=None):

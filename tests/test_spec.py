@@ -8,7 +8,7 @@ import yaml
 
 from deconv3d_cli import LayerSpec, SpecError, conv3d_transpose
 from deconv3d_cli.engine import Engine
-from deconv3d_cli.spec import load_npz
+from deconv3d_cli.layer.spec import load_npz
 
 
 def make(**kw):

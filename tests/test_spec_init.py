@@ -12,8 +12,8 @@ from click.testing import CliRunner
 
 from deconv3d_cli import LayerSpec
 from deconv3d_cli.cli import main
-from deconv3d_cli.initializers import NAMES
-from deconv3d_cli.named import parse_option
+from deconv3d_cli.layer.initializers import NAMES
+from deconv3d_cli.layer.named import parse_option
 
 
 def run(*args):

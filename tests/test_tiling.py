@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from deconv3d_cli import InputError, LayerSpec
 from deconv3d_cli.engine import Engine, to_numpy
-from deconv3d_cli.tiling import READ_AHEAD, Costs, format_bytes, make_plan, parse_bytes
+from deconv3d_cli.geometry.tiling import READ_AHEAD, Costs, format_bytes, make_plan, parse_bytes
 
 HUGE = 1 << 50
 ACTIVATIONS = ["linear", "relu", "sigmoid", "tanh", "selu", "softmax", "log_softmax"]

@@ -20,11 +20,11 @@ import helpers  # noqa: E402
 from helpers import random_spec, reference  # noqa: E402
 
 from deconv3d_cli import InputError, LayerSpec  # noqa: E402
-from deconv3d_cli.atomic import journal_path, partial_path  # noqa: E402
 from deconv3d_cli.cli import main  # noqa: E402
 from deconv3d_cli.io import VolumeMeta, create_writer, format_of, open_reader  # noqa: E402
 from deconv3d_cli.io import zarr as zio  # noqa: E402
-from deconv3d_cli.pipeline import Options, execute, prepare, run_job  # noqa: E402
+from deconv3d_cli.io.atomic import journal_path, partial_path  # noqa: E402
+from deconv3d_cli.run.local import Options, execute, prepare, run_job  # noqa: E402
 
 RNG = np.random.default_rng(11)
 

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..spec import LayerSpec
+from ..layer.spec import LayerSpec
 from . import safe
 
 

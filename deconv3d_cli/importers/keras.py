@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..spec import LayerSpec, load_npz
+from ..layer.spec import LayerSpec, load_npz
 from . import Candidate, Imported, choose, safe
 
 CONV_CLASSES = ("Conv3DTranspose", "Convolution3DTranspose")

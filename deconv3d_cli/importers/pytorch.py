@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from ..spec import LayerSpec, parse_triple
+from ..layer.spec import LayerSpec, parse_triple
 from . import Candidate, Imported, choose, safe
 
 KIND = "ConvTranspose3d"

@@ -9,9 +9,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import geometry
 from ..errors import InputError
-from ..geometry import Axis
+from ..geometry import axis as geometry
+from ..geometry.axis import Axis
 from .base import Reader, VolumeMeta, Writer
 
 # format -> (module, file suffixes). Modules are imported on first use, so a format's library

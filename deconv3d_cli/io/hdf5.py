@@ -22,9 +22,9 @@ from typing import Any
 import h5py
 import numpy as np
 
-from ..atomic import fsync_path
 from ..errors import InputError
-from ..layout import Layout
+from ..geometry.layout import Layout
+from .atomic import fsync_path
 from .base import VolumeMeta, construct_writer
 
 SPACING_ATTRS = ("element_size_um", "spacing", "voxel_size", "resolution")

@@ -58,8 +58,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..atomic import fsync_path
 from ..errors import InputError, RunError
+from .atomic import fsync_path
 from .base import VolumeMeta
 
 FOURTH_AXIS_CHOICES = ("auto", "channels", "series")

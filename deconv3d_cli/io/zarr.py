@@ -60,9 +60,9 @@ from typing import Any
 
 import numpy as np
 
-from ..atomic import PARTIAL_PREFIX, fsync_path
 from ..errors import InputError
-from ..layout import CHANNELS_FIRST, Layout
+from ..geometry.layout import CHANNELS_FIRST, Layout
+from .atomic import PARTIAL_PREFIX, fsync_path
 from .base import VolumeMeta, construct_writer
 
 EXTRA = "pip install 'deconv3d-cli[dask]'"

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from . import io as vio
-from .errors import InputError
-from .layout import Layout
+from .. import io as vio
+from ..errors import InputError
+from ..geometry.layout import Layout
 
 MAX_PANEL = 360  # pixels along the longest panel side
 MIN_PANEL = 200
@@ -331,7 +331,7 @@ def preview_file(
     data_format: str | None = None,
 ) -> Path:
     """Mid-slices of one volume (what `inspect --preview` draws)."""
-    from .inspect import guess_data_format
+    from .describe import guess_data_format
 
     reader = vio.open_reader(Path(path), dataset, fourth_axis=fourth_axis)
     try:

@@ -15,8 +15,8 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .errors import Deconv3dError
+from .. import __version__
+from ..errors import Deconv3dError
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -107,7 +107,7 @@ def _parse_tile(ctx: click.Context, param: click.Parameter, value: str | None) -
 
 
 def _parse_memory(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    from .tiling import parse_bytes
+    from ..geometry.tiling import parse_bytes
 
     try:
         return parse_bytes(value)
@@ -288,7 +288,7 @@ def upsample(
     if preview_png is not None and (output_dir is not None or dry_run):
         raise click.UsageError("--preview draws one finished run: use it with -o and without --dry-run")
     spec = _layer(spec_path, preset, scale)
-    from . import pipeline
+    from ..run import local as pipeline
 
     opts = pipeline.Options(
         device=device,
@@ -335,7 +335,7 @@ def upsample(
         )
         return
     if scheduler or input_shape is not None:
-        from . import distributed
+        from ..run.dask import runner as distributed
 
         if dry_run:
             report = distributed.dry_run(spec, inputs[0], output, opts, input_shape=input_shape, threads=threads)
@@ -362,7 +362,7 @@ def upsample(
 
 def _layer(spec_path: Path | None, preset: str | None, scale: str | None) -> Any:
     """The layer to run: a LayerSpec, or for presets a factory of the input's channel count."""
-    from .spec import LayerSpec
+    from ..layer.spec import LayerSpec
 
     if spec_path is not None and preset is not None:
         raise click.UsageError("give either --spec or --preset, not both")
@@ -372,7 +372,7 @@ def _layer(spec_path: Path | None, preset: str | None, scale: str | None) -> Any
         if spec_path is None:
             raise click.UsageError("give the layer with --spec SPEC.yaml, or --preset trilinear --scale 2")
         return LayerSpec.from_yaml(spec_path)
-    from . import presets
+    from ..layer import presets
 
     factor = presets.parse_scale(scale if scale is not None else 2)
     presets.make_spec(preset, factor)  # refuse an unknown preset before any file is opened
@@ -381,7 +381,7 @@ def _layer(spec_path: Path | None, preset: str | None, scale: str | None) -> Any
 
 def _spec_channels(spec: Any) -> tuple[int | None, int | None, str]:
     """(input channels, filters, data_format) of a LayerSpec; unknown for a preset factory."""
-    from .spec import LayerSpec
+    from ..layer.spec import LayerSpec
 
     if not isinstance(spec, LayerSpec):
         return None, None, "channels_last"
@@ -392,8 +392,8 @@ def _spec_channels(spec: Any) -> tuple[int | None, int | None, str]:
 def _upsample_preview(
     spec: Any, src: Path, dst: Path, png: Path, dataset: str | None, output_dataset: str | None, fourth_axis: str
 ) -> None:
-    from .errors import RunError
-    from .preview import preview_upsample
+    from ..errors import RunError
+    from ..views.preview import preview_upsample
 
     in_channels, filters, data_format = _spec_channels(spec)
     try:
@@ -411,7 +411,7 @@ def _emit(report: dict[str, Any], as_json: bool, dry_run: bool = False, quiet: b
 
 
 def _describe_lines(report: dict[str, Any], dry_run: bool) -> list[str]:
-    from .tiling import format_bytes
+    from ..geometry.tiling import format_bytes
 
     lines = [
         f"{report['input']}: {tuple(report['input_shape'])} {report['input_dtype']}"
@@ -432,11 +432,11 @@ def _describe_lines(report: dict[str, Any], dry_run: bool) -> list[str]:
             + (f", {report['clipped_voxels']} voxels clipped" if report.get("clipped_voxels") else "")
         )
     if report.get("constraints"):  # the spec's constraints, applied to its loaded weights
-        from .constraints import format_report
+        from ..layer.constraints import format_report
 
         lines.append(f"  constraints: {format_report(report['constraints'])}")
     if report.get("regularization"):  # penalty values; they do not change the output
-        from .regularizers import format_report as format_penalties
+        from ..layer.regularizers import format_report as format_penalties
 
         lines.append(f"  regularization: {format_penalties(report)}")
     return lines
@@ -461,8 +461,10 @@ def _upsample_many(
     opts: Any,
 ) -> None:
     """Every input through one process and one engine per channel count; exit 1 if any file failed."""
-    from . import batch, pipeline, presets
-    from .spec import LayerSpec
+    from ..layer import presets
+    from ..layer.spec import LayerSpec
+    from ..run import batch
+    from ..run import local as pipeline
 
     inputs = batch.expand_inputs([str(p) for p in patterns], from_list)
     if shard_text:
@@ -495,7 +497,7 @@ def _upsample_many(
 
     run = batch.run_batch
     if opts.scheduler:  # the same report from Dask tasks (distributed.py)
-        from . import distributed
+        from ..run.dask import runner as distributed
 
         run = distributed.batch_runner(spec, opts, click.get_current_context().params.get("threads"))
     report = run(
@@ -521,7 +523,7 @@ def _upsample_many(
 @click.option("--json", "as_json", is_flag=True, help="Print the presets as JSON.")
 def presets_cmd(as_json: bool) -> None:
     """List the weight-free upsampling presets."""
-    from .presets import DEFAULT_BOUNDARY, PRESETS
+    from ..layer.presets import DEFAULT_BOUNDARY, PRESETS
 
     if as_json:
         click.echo(json.dumps({"presets": PRESETS, "default_boundary": DEFAULT_BOUNDARY}, indent=2))
@@ -543,7 +545,7 @@ def spec() -> None:
 @_debug_option
 def spec_validate(spec_path: Path, as_json: bool) -> None:
     """Check SPEC (YAML, or Keras's serialised form) and its weights; exit 2 if invalid."""
-    from .spec import LayerSpec
+    from ..layer.spec import LayerSpec
 
     layer = LayerSpec.from_yaml(spec_path)
     if as_json:
@@ -554,7 +556,7 @@ def spec_validate(spec_path: Path, as_json: bool) -> None:
     else:
         click.echo(f"{spec_path}: ok: {layer.describe()}")
     if layer.constraints_applied:
-        from .constraints import format_report
+        from ..layer.constraints import format_report
 
         click.echo(f"  constraints applied to the loaded weights: {format_report(list(layer.constraints_applied))}")
 
@@ -573,7 +575,7 @@ def _triple_option(ctx: click.Context, param: click.Parameter, value: str | None
 
 
 def _named_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    from .named import parse_option
+    from ..layer.named import parse_option
 
     if value is None:
         return None
@@ -645,7 +647,7 @@ def spec_import(
       deconv3d spec import model.keras --layer decoder/up1 -o up1.yaml
       deconv3d spec import up.pt --stride 2 --padding 1 --output-padding 1 -o up.yaml
     """
-    from . import importers
+    from .. import importers
 
     if list_only:
         kind, candidates = importers.list_layers(source, config=config_path)
@@ -741,8 +743,8 @@ def spec_init(
       deconv3d spec init --filters 8 --kernel-size 3 --strides 2 --padding same --in-channels 1 \\
           --kernel-initializer he_normal --seed 0 -o layer.yaml
     """
-    from . import importers
-    from .spec import LayerSpec
+    from .. import importers
+    from ..layer.spec import LayerSpec
 
     padding_value: Any = padding
     if "," in padding:  # P,P,P: PyTorch's padding, the spec's [p_d, p_h, p_w] extension
@@ -798,12 +800,12 @@ def inspect_cmd(file: Path, dataset: str | None, as_json: bool, preview_png: Pat
     Example:
       deconv3d inspect sample_data/phantom.nii.gz --preview phantom.png
     """
-    from .inspect import describe, format_text
+    from ..views.describe import describe, format_text
 
     info = describe(file, dataset, fourth_axis=fourth_axis.lower())
     click.echo(json.dumps(info, indent=2) if as_json else format_text(info))
     if preview_png is not None:
-        from .preview import preview_file
+        from ..views.preview import preview_file
 
         preview_file(file, preview_png, dataset, fourth_axis=fourth_axis.lower(), data_format=info["data_format"])
         click.echo(f"deconv3d: preview written to {preview_png}", err=True)

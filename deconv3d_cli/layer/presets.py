@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import SpecError
+from ..errors import SpecError
 from .spec import LayerSpec
 
 PRESETS: dict[str, str] = {
@@ -84,9 +84,9 @@ def upsample(
     precision: str = "fp32",
 ) -> np.ndarray:
     """In-memory preset upsampling of a 3-, 4- or 5-D array."""
-    from . import boundary as bnd
-    from .engine import Engine, to_numpy
-    from .layout import Layout
+    from ..engine.core import Engine, to_numpy
+    from ..geometry import boundary as bnd
+    from ..geometry.layout import Layout
 
     x = np.asarray(x)
     layout = Layout(x.ndim, data_format)

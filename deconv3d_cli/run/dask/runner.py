@@ -38,11 +38,11 @@ from typing import Any
 
 import numpy as np
 
-from . import io as vio
-from .atomic import OutputTarget, journal_header, partial_path
-from .errors import Deconv3dError, InputError, RunError
-from .io.base import VolumeMeta
-from .io.zarr import require_extra
+from ... import io as vio
+from ...errors import Deconv3dError, InputError, RunError
+from ...io.atomic import OutputTarget, journal_header, partial_path
+from ...io.base import VolumeMeta
+from ...io.zarr import require_extra
 
 SHARED_FORMATS = ("zarr", "npy")
 WINDOW_PER_THREAD = 4
@@ -234,7 +234,7 @@ def _base_rss() -> int:
 
 def _engine(ctx: TaskContext) -> Any:
     """This worker's engine for the context's layer, built once and kept (a few layers at most)."""
-    from .engine import Engine
+    from ...engine.core import Engine
 
     job, opts = ctx.job, ctx.opts
     channels = ctx.channels
@@ -262,7 +262,7 @@ def _choose_path(ctx: TaskContext) -> str | None:
     choose = getattr(engine, "choose_path", None)
     if choose is None:
         return None
-    from .pipeline import first_slab_shape
+    from ..local import first_slab_shape
 
     return choose(first_slab_shape(ctx.job, engine.in_channels))
 
@@ -288,7 +288,8 @@ def _open_reader(ctx: TaskContext) -> Any:
 
 def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
     """A Dask task: read, compute and write `tiles` of the plan into the partial output, durably."""
-    from . import pipeline, regularizers
+    from ...layer import regularizers
+    from .. import local as pipeline
 
     job, opts = ctx.job, ctx.opts
     started = time.perf_counter()
@@ -336,7 +337,7 @@ def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
 
 def run_file(spec: Any, input_path: Path, output_path: Path, opts: Any, torch_threads: int | None) -> dict[str, Any]:
     """A Dask task: one whole input through the streaming pipeline on this worker (small batch files)."""
-    from . import pipeline
+    from .. import local as pipeline
 
     if torch_threads:
         import torch
@@ -437,7 +438,7 @@ class _Output:
         self.tasks = 0
         self.devices: set[str] = set()
         self.threads: set[int] = set()
-        from .regularizers import ActivityAccumulator
+        from ...layer.regularizers import ActivityAccumulator
 
         self.activity = ActivityAccumulator(job.spec.activity_regularizer)
         self.memory: dict[int, int] = {}
@@ -521,7 +522,7 @@ class _Output:
         )
         from types import SimpleNamespace
 
-        from .regularizers import run_report_for
+        from ...layer.regularizers import run_report_for
 
         kernel, bias = (None, None) if job.spec.kernel is not None else job.spec.materialise(self.ctx.channels)
         result.update(run_report_for(job, SimpleNamespace(weight=kernel, bias=bias), self.activity))
@@ -560,7 +561,7 @@ def _remote_error(fut: Any) -> BaseException:
 
 
 def _progress(job: Any, opts: Any, initial: int) -> Any:
-    from .pipeline import _progress_bar
+    from ..local import _progress_bar
 
     return _progress_bar(job, opts, initial=initial)
 
@@ -584,7 +585,7 @@ def run_one(
     the partial output's).
     """
     if client is None:
-        from . import pipeline
+        from .. import local as pipeline
 
         # Refuse a bad input, layer or output before a cluster is started or reached.
         check = pipeline.prepare(spec, input_path, output_path, _plan_options(opts, 1))
@@ -602,7 +603,7 @@ def run_one(
                 threads=threads,
                 engine_path=engine_path,
             )
-    from . import pipeline
+    from .. import local as pipeline
 
     torch_threads = _torch_threads(opts, threads)
     threads = _threads_per_worker(client)
@@ -672,7 +673,8 @@ def batch_runner(spec: Any, opts: Any, threads: int | None = None) -> Callable[.
     """A drop-in for batch.run_batch that runs the files on `opts.scheduler` (same report, same exit codes)."""
 
     def run(jobs: Sequence[Any], prepare: Any, execute: Any, describe: Any, close: Any, **kwargs: Any) -> Any:
-        from . import batch, pipeline
+        from .. import batch
+        from .. import local as pipeline
 
         if kwargs.get("dry_run"):
             return batch.run_batch(jobs, prepare, execute, describe, close, **kwargs)
@@ -711,7 +713,7 @@ def run_many(
     input can be read in parts (not .nii.gz); otherwise one task runs the streaming pipeline on it, so
     any output format works. Files are planned only as the window needs more tasks.
     """
-    from . import batch
+    from .. import batch
 
     report = batch.Report()
     torch_threads = _torch_threads(opts, threads)
@@ -894,8 +896,8 @@ def _axis_slabs(plan: Any) -> list[list[int]]:
 
 def measure_tile(job: Any, opts: Any, torch_threads: int | None = None, repeats: int = 2) -> dict[str, Any]:
     """Seconds for one full tile on this machine (engine and copy to the output dtype; no storage I/O)."""
-    from . import pipeline
-    from .engine import Engine
+    from ...engine.core import Engine
+    from .. import local as pipeline
 
     if torch_threads:
         import torch
@@ -947,7 +949,7 @@ def dry_run(
     threads: int | None = None,
 ) -> dict[str, Any]:
     """Size a cluster run without one: tasks, bytes per task, memory per worker, estimated time."""
-    from . import pipeline
+    from .. import local as pipeline
 
     workers, per_worker = None, 1  # local workers run one thread; for an address, per worker thread
     if opts.scheduler:
@@ -1005,7 +1007,7 @@ def dry_run(
 
 def describe_lines(report: dict[str, Any]) -> list[str]:
     """Text lines for a dry run's sizing or a finished cluster run (added under the plan's lines)."""
-    from .tiling import format_bytes
+    from ...geometry.tiling import format_bytes
 
     d = report.get("distributed")
     if d is None:

@@ -15,10 +15,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import activations, allocator, geometry, paths, separable
-from .errors import RunError, SpecError
-from .layout import CHANNELS_FIRST
-from .spec import LayerSpec
+from ..errors import RunError, SpecError
+from ..geometry import axis as geometry
+from ..geometry.layout import CHANNELS_FIRST
+from ..layer import activations
+from ..layer.spec import LayerSpec
+from . import allocator, separable
+from . import formulations as paths
 
 PRECISIONS = {
     "fp32": torch.float32,

@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from . import activations, constraints, geometry, initializers, regularizers
-from .errors import SpecError
-from .layout import CHANNELS_FIRST, CHANNELS_LAST, Layout
+from ..errors import SpecError
+from ..geometry import axis as geometry
+from ..geometry.layout import CHANNELS_FIRST, CHANNELS_LAST, Layout
+from . import activations, constraints, initializers, regularizers
 
 Triple = tuple[int, int, int]
 
@@ -309,7 +310,7 @@ class LayerSpec:
     @classmethod
     def from_yaml(cls, path: os.PathLike | str) -> LayerSpec:
         """Read a YAML (or JSON) spec; `weights:` is resolved beside the spec file."""
-        from .importers.safe import load_text_config  # the one safe YAML/JSON reader
+        from ..importers.safe import load_text_config
 
         path = Path(path)
         src = str(path)

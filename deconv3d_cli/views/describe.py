@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from . import io as vio
-from .layout import CHANNELS_FIRST, CHANNELS_LAST
+from .. import io as vio
+from ..geometry.layout import CHANNELS_FIRST, CHANNELS_LAST
 
 SMALL_AXIS = 16  # a channel axis is rarely longer than this; spatial axes rarely shorter
 NIFTI_LAYOUTS = {
@@ -82,7 +82,7 @@ def _bytes_of(text: Any) -> str:
 
 
 def _nifti_fields(reader: Any) -> dict[str, Any]:
-    from .io.nifti import xform_name
+    from ..io.nifti import xform_name
 
     hdr = reader.header
     space, time = hdr.get_xyzt_units()
@@ -167,7 +167,7 @@ def _size_on_disk(path: Path | str) -> int:
 
 def format_text(info: dict[str, Any]) -> str:
     """The human-readable report."""
-    from .tiling import format_bytes
+    from ..geometry.tiling import format_bytes
 
     def num(v: float) -> str:
         return f"{v:.6g}"

@@ -12,8 +12,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
 
-from .errors import InputError
-from .geometry import Axis
+from ..errors import InputError
+from .axis import Axis
 
 # Read-ahead slabs and write-behind tiles kept in the pipeline's queues (counted in the estimate).
 READ_AHEAD = 2

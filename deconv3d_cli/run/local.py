@@ -20,15 +20,16 @@ from typing import Any
 
 import numpy as np
 
-from . import boundary, regularizers
-from . import io as vio
-from .atomic import OutputTarget, journal_header, same_file
-from .errors import InputError
-from .io.direct import ALIGN
-from .layout import Layout
-from .spec import LayerSpec
-from .tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, Tile, make_plan
-from .transfer import Transfers
+from .. import io as vio
+from ..engine.transfer import Transfers
+from ..errors import InputError
+from ..geometry import boundary
+from ..geometry.layout import Layout
+from ..geometry.tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, Tile, make_plan
+from ..io.atomic import OutputTarget, journal_header, same_file
+from ..io.direct import ALIGN
+from ..layer import regularizers
+from ..layer.spec import LayerSpec
 
 FLOAT_DTYPES = ("float32", "float64", "float16")
 
@@ -279,7 +280,7 @@ def _store(y: Any, host: np.ndarray, transfers: Any = None) -> int:
     if host.dtype.kind == "f":
         torch.from_numpy(host).copy_(y)
         return 0
-    from .engine import to_numpy
+    from ..engine.core import to_numpy
 
     info = np.iinfo(host.dtype)
     rounded = np.rint(to_numpy(y))
@@ -583,7 +584,7 @@ def _progress_bar(job: Prepared, opts: Options, initial: int = 0) -> Any:
 
 def engine_for(job: Prepared, opts: Options, engines: dict) -> Any:
     """The engine for this job's channel count, built once per run and shared by every file."""
-    from .engine import Engine
+    from ..engine.core import Engine
 
     channels = job.in_layout.channels(job.reader.shape)
     key = (channels, job.spec.fingerprint())

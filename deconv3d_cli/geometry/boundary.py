@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from .geometry import Axis
+from .axis import Axis
 from .layout import Layout
 
 MODES = ("zeros", "replicate", "reflect")

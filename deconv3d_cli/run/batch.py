@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import io as vio
-from .errors import Deconv3dError, InputError, SpecError
+from .. import io as vio
+from ..errors import Deconv3dError, InputError, SpecError
 
 EXTENSIONS = {"npy": ".npy", "h5": ".h5", "hdf5": ".h5", "nii": ".nii", "nii.gz": ".nii.gz", "zarr": ".zarr"}
 TEMPLATE_FIELDS = ("stem", "name", "ext", "scale", "parent", "index")
