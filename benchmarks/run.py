@@ -150,7 +150,7 @@ def work_preset(impl: str, p, repeats: int) -> float | None:
     name, scale, e = p
     x = np.random.default_rng(0).uniform(0, 1000, (e, e, e)).astype(np.float32)
     if impl == "preset":
-        from deconv3d_cli.layer.presets import upsample
+        from deconv3d_cli.api import upsample
 
         return _median_ms(lambda: upsample(x, name, scale), repeats)
     if impl == "interpolate":

@@ -13,6 +13,7 @@ import numpy as np
 
 from .errors import SpecError
 from .geometry.layout import Layout
+from .layer.presets import DEFAULT_BOUNDARY
 from .layer.spec import LayerSpec
 
 
@@ -262,3 +263,30 @@ class Conv3DTranspose:
 
     def __repr__(self) -> str:
         return f"Conv3DTranspose({self.spec.describe()})"
+
+
+def upsample(
+    x: Any,
+    name: str,
+    scale: Any,
+    boundary: str = DEFAULT_BOUNDARY,
+    data_format: str = "channels_last",
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> np.ndarray:
+    """In-memory preset upsampling of a 3-, 4- or 5-D array (the CLI's `--preset NAME --scale S`)."""
+    from .engine import Engine, to_numpy
+    from .geometry import boundary as bnd
+    from .layer.presets import make_spec
+
+    x = np.asarray(x)
+    layout = Layout(x.ndim, data_format)
+    spec = make_spec(name, scale, layout.channels(x.shape), data_format)
+    axes = bnd.extend_axes(spec.axes(layout.spatial_shape(x.shape)), boundary)
+    ranges = [ax.input_range(0, ax.out) for ax in axes]
+    slab = bnd.read_slab(
+        lambda index: x[index], layout, [slice(r.lo, r.hi) for r in ranges], slice(None), axes, boundary
+    )
+    engine = Engine(spec, layout.channels(x.shape), device, precision)
+    y = engine.tile(layout.to_ncdhw(slab), [r.offset for r in ranges], [ax.out for ax in axes])
+    return np.ascontiguousarray(layout.from_ncdhw(to_numpy(y), spec.filters))

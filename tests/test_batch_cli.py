@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from deconv3d_cli.api import upsample
 from deconv3d_cli.cli import main
-from deconv3d_cli.layer import presets
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
@@ -70,7 +70,7 @@ def test_thirty_mixed_files_two_corrupt_then_skip_existing(tmp_path):
             if ".nii" in dst.name
             else (h5py.File(dst)["data"][...] if dst.suffix == ".h5" else np.load(dst))
         )
-        ref = presets.upsample(volumes[src], "trilinear", 2)
+        ref = upsample(volumes[src], "trilinear", 2)
         np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-4)
         assert f["output_shape"] == [12, 10, 8] and f["seconds"] >= 0
     mtimes = {p: p.stat().st_mtime_ns for p in written}

@@ -29,11 +29,11 @@ zarr = pytest.importorskip("zarr", minversion="3")
 from helpers import random_spec  # noqa: E402
 
 from deconv3d_cli import InputError, LayerSpec, conv3d_transpose  # noqa: E402
-from deconv3d_cli.run.dask import runner as dd  # noqa: E402
 from deconv3d_cli.cli import main  # noqa: E402
 from deconv3d_cli.engine import Engine  # noqa: E402
 from deconv3d_cli.io.atomic import journal_path, partial_path  # noqa: E402
 from deconv3d_cli.run.batch import Job  # noqa: E402
+from deconv3d_cli.run.dask import runner as dd  # noqa: E402
 from deconv3d_cli.run.local import Options, execute, prepare  # noqa: E402
 
 pytestmark = pytest.mark.xdist_group("dask")  # with --dist loadgroup: one cluster, on one test worker

@@ -84,7 +84,7 @@ def test_missing_dataset_lists_the_available_ones(tmp_path):
     path = make_h5(tmp_path / "in.h5", {"a": vol(), "g/b": vol((4, 5, 6))})
     with pytest.raises(InputError, match=r"no dataset 'nope'; available: /a \(6, 7, 8\).*/g/b") as err:
         open_reader(path, "nope")
-    assert err.value.field == "--dataset"
+    assert err.value.param == "dataset"
     with pytest.raises(InputError, match=r"'g' is a group, not a dataset; datasets: /g/b \(4, 5, 6\)"):
         open_reader(path, "g")
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from deconv3d_cli.api import upsample
 from deconv3d_cli.cli import main
 from deconv3d_cli.geometry.boundary import source_rows
 from deconv3d_cli.layer import presets
@@ -29,7 +30,7 @@ def volume() -> np.ndarray:
 
 @pytest.mark.parametrize("scale", SCALES)
 def test_trilinear_replicate_equals_interpolate(volume, scale):
-    y = presets.upsample(volume, "trilinear", scale)
+    y = upsample(volume, "trilinear", scale)
     ref = interpolate(volume, scale, "trilinear")
     assert y.shape == ref.shape
     assert np.abs(y - ref).max() <= 1e-5 * np.ptp(volume)
@@ -37,7 +38,7 @@ def test_trilinear_replicate_equals_interpolate(volume, scale):
 
 @pytest.mark.parametrize("scale", SCALES)
 def test_nearest_equals_interpolate(volume, scale):
-    np.testing.assert_array_equal(presets.upsample(volume, "nearest", scale), interpolate(volume, scale, "nearest"))
+    np.testing.assert_array_equal(upsample(volume, "nearest", scale), interpolate(volume, scale, "nearest"))
 
 
 @pytest.mark.parametrize("scale", SCALES)
@@ -56,19 +57,19 @@ def test_streamed_tiles_equal_interpolate(tmp_path, volume, scale):
 
 def test_channels_are_independent(volume):
     x = np.stack([volume, -2 * volume, volume[::-1]], axis=-1)
-    y = presets.upsample(x, "trilinear", 2)
+    y = upsample(x, "trilinear", 2)
     for c in range(3):
-        alone = presets.upsample(x[..., c], "trilinear", 2)
+        alone = upsample(x[..., c], "trilinear", 2)
         np.testing.assert_allclose(y[..., c], alone, rtol=0, atol=1e-6 * np.abs(alone).max())
 
 
 def test_zeros_boundary_darkens_border_and_reflect_mirrors(volume):
     flat = np.full((6, 6, 6), 10.0, np.float32)
-    inner = presets.upsample(flat, "trilinear", 2, boundary="replicate")
+    inner = upsample(flat, "trilinear", 2, boundary="replicate")
     assert np.allclose(inner, 10.0)
-    zeros = presets.upsample(flat, "trilinear", 2, boundary="zeros")
+    zeros = upsample(flat, "trilinear", 2, boundary="zeros")
     assert zeros[0, 0, 0] < 10.0 and np.isclose(zeros[5, 5, 5], 10.0)
-    reflect = presets.upsample(volume, "trilinear", 2, boundary="reflect")
+    reflect = upsample(volume, "trilinear", 2, boundary="reflect")
     padded = np.pad(volume, 1, mode="reflect")
     ref = interpolate(padded, 2, "trilinear")[2:-2, 2:-2, 2:-2]
     assert np.abs(reflect - ref).max() <= 1e-5 * np.ptp(volume)

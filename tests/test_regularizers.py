@@ -12,7 +12,8 @@ from click.testing import CliRunner
 
 from deconv3d_cli import LayerSpec, SpecError
 from deconv3d_cli.cli import main
-from deconv3d_cli.layer.regularizers import ActivityAccumulator, format_report, normalise, penalty, run_report
+from deconv3d_cli.engine.activity import ActivityAccumulator
+from deconv3d_cli.layer.regularizers import format_report, normalise, penalty, run_report
 
 FIX = Path(__file__).resolve().parent / "fixtures_import"
 KERAS = np.load(FIX / "regularizers.npz")

@@ -7,6 +7,7 @@ import pytest
 import torch
 from helpers import assert_close, tiled
 
+from deconv3d_cli.api import upsample
 from deconv3d_cli.engine import SEPARABLE, Engine, separable
 from deconv3d_cli.layer import presets
 from deconv3d_cli.layer.spec import LayerSpec
@@ -93,7 +94,7 @@ def test_presets_pick_and_match_interpolate_on_the_separable_path(name, scale):
     x = np.random.default_rng(1).uniform(0, 1000, (12, 10, 9)).astype(np.float32)
     spec = presets.make_spec(name, scale, channels=1)
     assert SEPARABLE in Engine(spec, 1).available_paths()
-    y = presets.upsample(x, name, scale)
+    y = upsample(x, name, scale)
     mode = {"align_corners": False} if name == "trilinear" else {}
     ref = torch.nn.functional.interpolate(
         torch.from_numpy(x).double()[None, None], scale_factor=presets.parse_scale(scale), mode=name, **mode

@@ -10,9 +10,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deconv3d_cli import InputError, LayerSpec
+from deconv3d_cli import LayerSpec
 from deconv3d_cli.engine import Engine, to_numpy
 from deconv3d_cli.geometry.tiling import READ_AHEAD, Costs, format_bytes, make_plan, parse_bytes
+from deconv3d_cli.geometry.tiling import PlanError as InputError
 
 HUGE = 1 << 50
 ACTIVATIONS = ["linear", "relu", "sigmoid", "tanh", "selu", "softmax", "log_softmax"]
@@ -202,7 +203,7 @@ def test_auto_plan_fits_the_limit_is_aligned_and_covers_once(case, data):
     if limit < stride_floor:
         with pytest.raises(InputError) as info:
             plan_for(spec, x, memory_limit=limit, chunks=chunks, costs=costs)
-        assert info.value.field == "--memory-limit"
+        assert info.value.param == "memory_limit"
         return
     # Chunk-aligned whenever a chunk-aligned tile fits the budget; stride-aligned (still exact) otherwise.
     units = chunk_units if limit >= chunk_floor else stride_units
@@ -229,14 +230,14 @@ def test_too_small_memory_limit_is_refused():
     axes = spec.axes((16, 16, 16))
     with pytest.raises(InputError) as info:
         make_plan(axes, 1, 4, 8, spec.kernel_size, memory_limit=1000)
-    assert info.value.field == "--memory-limit" and "raise --memory-limit" in info.value.message
+    assert info.value.param == "memory_limit" and "raise --memory-limit" in info.value.message
     assert info.value.exit_code == 2
     with pytest.raises(InputError) as info:
         make_plan(axes, 1, 4, 8, spec.kernel_size, memory_limit=1000, tile_shape=(32, 32, 32))
-    assert info.value.field == "--tile"
+    assert info.value.param == "tile"
     with pytest.raises(InputError) as info:
         make_plan(axes, 1, 4, 8, spec.kernel_size, memory_limit=HUGE, tile_shape=(0, 4, 4))
-    assert info.value.field == "--tile"
+    assert info.value.param == "tile"
 
 
 def test_auto_plan_shrinks_batch_before_space_and_depth_before_width():
@@ -270,7 +271,7 @@ def test_softmax_channels_first_forces_full_width_tiles():
         assert plan.tile_shape[0] < axes[0].out
     with pytest.raises(InputError) as info:
         make_plan(axes, 1, 2, 3, spec.kernel_size, memory_limit=HUGE, tile_shape=(8, 8, 8), full_width=True)
-    assert info.value.field == "--tile" and "width" in info.value.message
+    assert info.value.param == "tile" and "width" in info.value.message
     plan = make_plan(axes, 1, 2, 3, spec.kernel_size, memory_limit=HUGE, tile_shape=(8, 8, 999), full_width=True)
     assert plan.tile_shape == (8, 8, out_w)
     # a limit that only a narrower tile could meet is refused rather than silently splitting the width

@@ -35,7 +35,7 @@ class Deconv3dGroup(click.Group):
         except Deconv3dError as exc:
             if _debug(ctx):
                 traceback.print_exc()
-            _fail(exc.line(), exc.exit_code)
+            _fail(exc.line(flag_of), exc.exit_code)
         except KeyboardInterrupt:
             click.echo("deconv3d: interrupted; no output was written", err=True)
             sys.exit(130)
@@ -49,6 +49,19 @@ class Deconv3dGroup(click.Group):
             if _debug(ctx):
                 traceback.print_exc()
             _fail(f"{type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 1)
+
+
+def flag_of(param: str) -> str:
+    """The flag that sets library parameter `param` (`memory_limit` -> `--memory-limit`), else `param`."""
+    stack: list[click.Command] = [main]
+    while stack:
+        command = stack.pop()
+        if isinstance(command, click.Group):
+            stack.extend(command.commands.values())
+        for p in command.params:
+            if isinstance(p, click.Option) and p.name == param:
+                return max(p.opts, key=len)
+    return param
 
 
 def _debug(ctx: click.Context) -> bool:
@@ -399,7 +412,7 @@ def _upsample_preview(
     try:
         preview_upsample(src, dst, png, dataset, output_dataset, fourth_axis, in_channels, filters, data_format)
     except Deconv3dError as exc:
-        raise RunError(f"the output was written, but the preview failed: {exc.line()}") from None
+        raise RunError(f"the output was written, but the preview failed: {exc.line(flag_of)}") from None
     click.echo(f"deconv3d: preview written to {png}", err=True)
 
 

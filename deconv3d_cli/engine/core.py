@@ -18,9 +18,8 @@ import torch
 from ..errors import RunError, SpecError
 from ..geometry import axis as geometry
 from ..geometry.layout import CHANNELS_FIRST
-from ..layer import activations
 from ..layer.spec import LayerSpec
-from . import allocator, separable
+from . import activations, allocator, separable
 from . import formulations as paths
 
 PRECISIONS = {
@@ -39,25 +38,25 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise SpecError(f"{device!r} is not a device; use auto, cpu, cuda or cuda:N", field="--device") from None
+        raise SpecError(f"{device!r} is not a device; use auto, cpu, cuda or cuda:N", param="device") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
-            raise SpecError("CUDA was asked for but no CUDA device is available; use --device cpu", field="--device")
+            raise SpecError("CUDA was asked for but no CUDA device is available; use --device cpu", param="device")
         if dev.index is not None and dev.index >= torch.cuda.device_count():
             raise SpecError(
-                f"cuda:{dev.index} does not exist ({torch.cuda.device_count()} CUDA device(s))", field="--device"
+                f"cuda:{dev.index} does not exist ({torch.cuda.device_count()} CUDA device(s))", param="device"
             )
     elif dev.type != "cpu":
-        raise SpecError(f"{device!r} is not supported; use auto, cpu, cuda or cuda:N", field="--device")
+        raise SpecError(f"{device!r} is not supported; use auto, cpu, cuda or cuda:N", param="device")
     return dev
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     key = (precision or "fp32").lower()
     if key not in PRECISIONS:
-        raise SpecError(f"{precision!r}; use one of {', '.join(PRECISIONS)}", field="--precision")
+        raise SpecError(f"{precision!r}; use one of {', '.join(PRECISIONS)}", param="precision")
     if key == "fp16" and device.type == "cpu":
-        raise SpecError("fp16 is for CUDA devices; on the CPU use fp32, fp64 or bf16", field="--precision")
+        raise SpecError("fp16 is for CUDA devices; on the CPU use fp32, fp64 or bf16", param="precision")
     return PRECISIONS[key]
 
 

@@ -12,8 +12,22 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
 
-from ..errors import InputError
 from .axis import Axis
+
+
+class PlanError(ValueError):
+    """A tile plan that cannot be made as asked; `param` names the setting to change (`tile`, `memory_limit`).
+
+    Geometry knows no error types of the package's; the run turns this into an InputError.
+    """
+
+    exit_code = 2  # a usage or input error, as InputError
+
+    def __init__(self, message: str, param: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
 
 # Read-ahead slabs and write-behind tiles kept in the pipeline's queues (counted in the estimate).
 READ_AHEAD = 2
@@ -155,19 +169,19 @@ def make_plan(
     if tile_shape is not None:
         shape = [min(int(t), n) for t, n in zip(tile_shape, out)]
         if any(t < 1 for t in shape):
-            raise InputError(f"tile {list(tile_shape)} must be positive on every axis", field="--tile")
+            raise PlanError(f"tile {list(tile_shape)} must be positive on every axis", "tile")
         if full_width and shape[2] != out[2]:
-            raise InputError(
+            raise PlanError(
                 f"softmax over channels_first acts on the width axis, so tiles must span all {out[2]} "
                 f"voxels of it; got tile width {shape[2]}",
-                field="--tile",
+                "tile",
             )
         plan = Plan(tile_shape=tuple(shape), batch_step=1 if batch > 1 else batch, **base)  # type: ignore[arg-type]
         if plan.tile_bytes() > memory_limit:
-            raise InputError(
+            raise PlanError(
                 f"tile {shape} needs about {format_bytes(plan.tile_bytes())}, over the memory limit of "
                 f"{format_bytes(memory_limit)}; use a smaller --tile or a larger --memory-limit",
-                field="--tile",
+                "tile",
             )
         return plan
     if chunks is not None:
@@ -177,7 +191,7 @@ def make_plan(
             return _auto_plan(
                 base, batch, out, [math.lcm(ax.stride, int(c)) for ax, c in zip(axes, chunks)], memory_limit, full_width
             )
-        except InputError:
+        except PlanError:
             pass
     return _auto_plan(base, batch, out, [ax.stride for ax in axes], memory_limit, full_width, slabs)
 
@@ -215,10 +229,10 @@ def _auto_plan(
         candidates = [a for a in range(3) if shape[a] > units[a] and not (full_width and a == 2)]
         if not candidates:
             need = plan.tile_bytes(shape, batch_step)
-            raise InputError(
+            raise PlanError(
                 f"the smallest tile {shape} needs about {format_bytes(need)}, over the memory limit of "
                 f"{format_bytes(memory_limit)}; raise --memory-limit to at least {format_bytes(need)}",
-                field="--memory-limit",
+                "memory_limit",
             )
         if slabs and 0 in candidates and shape[0] > thinnest:
             pick = 0  # whole planes stay contiguous in the file: thinner slabs first

@@ -12,6 +12,9 @@ Sources (recognised by content, not by name):
 
 Nothing is executed (no pickle beyond torch's weights-only loader, no YAML tags, no Keras code), nothing
 is extracted to disk, and files are only ever written by `save_spec`, to the target it is given.
+
+This part may import `layer` (the spec it produces), `errors` and, lazily, torch for `.pt` files; never
+the engine, io, run or the CLI.
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class LayerChoiceError(SpecError):
 
     def __init__(self, message: str, candidates: list[Candidate], source: str) -> None:
         self.candidates = candidates
-        super().__init__(message, source=source, field="--layer")
+        super().__init__(message, source=source, param="layer")
 
 
 def choose(candidates: list[Candidate], wanted: str | None, source: str, kind: str) -> Candidate:
@@ -215,7 +218,7 @@ def import_layer(
         flag = "--activation" if activation is not None else "--data-format"
         raise SpecError(f"{flag} is for PyTorch sources; a Keras layer carries its own", source=str(source))
     if keras2_dilation not in ("keep", "drop"):
-        raise SpecError(f"{keras2_dilation!r}; use 'keep' or 'drop'", field="--keras2-dilation")
+        raise SpecError(f"{keras2_dilation!r}; use 'keep' or 'drop'", param="keras2_dilation")
     from . import keras
 
     return keras.import_layer(
@@ -245,7 +248,7 @@ def save_spec(spec: LayerSpec, target: os.PathLike | str, *, overwrite: bool = F
     """
     target = Path(target)
     if target.suffix.lower() == ".npz":
-        raise SpecError("the spec is YAML; its weights go beside it as .npz: use e.g. -o layer.yaml", field="-o")
+        raise SpecError("the spec is YAML; its weights go beside it as .npz: use e.g. -o layer.yaml", param="output")
     outputs = [target] + ([target.with_suffix(".npz")] if spec.kernel is not None else [])
     if source is not None:
         src = Path(source).resolve()

@@ -1,4 +1,8 @@
-"""Format dispatch: one reader and one writer per format, chosen by file name."""
+"""Files: one module per format behind one reader/writer protocol, format facts, atomic output and journal.
+
+io may import `geometry` and `errors`; never torch, the engine, the layer, run or the CLI, so that
+reading and writing volumes is testable (and usable) without any of them.
+"""
 
 from __future__ import annotations
 
@@ -48,7 +52,7 @@ def open_reader(path: Path | str, dataset: str | None = None, **hints: Any) -> R
         return _module(fmt).open_reader(path, dataset, **hints)
     fourth_axis = hints.get("fourth_axis")
     if fourth_axis not in (None, "auto"):
-        raise InputError("--fourth-axis applies to NIfTI inputs", source=str(path), field="--fourth-axis")
+        raise InputError("--fourth-axis applies to NIfTI inputs", source=str(path), param="fourth_axis")
     return _module(fmt).open_reader(path, dataset)
 
 
@@ -82,7 +86,7 @@ def check_writer_options(fmt: str, options: dict[str, Any], path: Path) -> None:
             raise InputError(
                 f"{_FLAGS.get(key, key)} applies to {' and '.join(takers)} outputs, not {fmt}",
                 source=str(path),
-                field=_FLAGS.get(key, key),
+                param=key,
             )
 
 

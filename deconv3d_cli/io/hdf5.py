@@ -39,7 +39,7 @@ def _spatial_positions(n: int) -> tuple[int, ...] | None:
     return {1: (0, 0, 0), 3: (0, 1, 2), 4: (0, 1, 2), 5: (1, 2, 3)}.get(n)
 
 
-def _spacing_from(value: Any, ndim: int) -> tuple[float, float, float] | None:
+def spacing_from(value: Any, ndim: int) -> tuple[float, float, float] | None:
     """Three positive spatial spacings from an attribute value, or None when it is not one."""
     try:
         arr = np.asarray(value, dtype=np.float64).reshape(-1)
@@ -108,10 +108,10 @@ def _pick_dataset(f: h5py.File, dataset: str | None, src: str) -> tuple[str, h5p
         if isinstance(obj, h5py.Group):
             inside = [(f"{key}/{n}", d) for n, d in _all_datasets(obj)] if key != "/" else _all_datasets(f)
             raise InputError(
-                f"{dataset!r} is a group, not a dataset; datasets: {_listing(inside)}", source=src, field="--dataset"
+                f"{dataset!r} is a group, not a dataset; datasets: {_listing(inside)}", source=src, param="dataset"
             )
         raise InputError(
-            f"no dataset {dataset!r}; available: {_listing(_all_datasets(f))}", source=src, field="--dataset"
+            f"no dataset {dataset!r}; available: {_listing(_all_datasets(f))}", source=src, param="dataset"
         )
     datasets = _all_datasets(f)
     if len(datasets) == 1:
@@ -136,7 +136,7 @@ def _find_spacing(ds: h5py.Dataset) -> tuple[str | None, Any, tuple[float, float
                     value = obj.attrs[name]
                 except (OSError, TypeError, ValueError):
                     continue
-                spacing = _spacing_from(value, ds.ndim)
+                spacing = spacing_from(value, ds.ndim)
                 if spacing is not None:
                     return name, value, spacing
         if obj.name == "/":
@@ -265,11 +265,11 @@ def _parse_chunks(value: Any, ndim: int) -> tuple[int, ...]:
     except (TypeError, ValueError):
         nums = ()
     if len(nums) not in (3, ndim) or any(n < 1 for n in nums):
-        raise InputError(f"{value!r}: give three positive integers D,H,W", field="--chunks")
+        raise InputError(f"{value!r}: give three positive integers D,H,W", param="chunks")
     return nums
 
 
-def _spacing_value(original: Any, spacing: Sequence[float]) -> Any:
+def spacing_value(original: Any, spacing: Sequence[float]) -> Any:
     """`spacing` in the form of `original`: same length, dtype and non-spatial entries."""
     arr = np.array(original).reshape(-1)
     pos = _spatial_positions(arr.size)
@@ -327,7 +327,7 @@ class Hdf5Writer:
         else:
             level = int(compression_level)
             if not 0 <= level <= 9:
-                raise InputError(f"{compression_level!r}: use 0 (none) to 9", field="--compression-level")
+                raise InputError(f"{compression_level!r}: use 0 (none) to 9", param="compression_level")
             chunk_shape = output_chunks(self.shape, self.dtype, layout, {"chunks": chunks})
             try:
                 self._file = h5py.File(self.path, "w")
@@ -370,7 +370,7 @@ class Hdf5Writer:
         attrs = self._ds.attrs
         for name, value in meta.attrs.items():
             if name in SPACING_ATTRS and meta.spacing is not None:
-                value = _spacing_value(value, meta.spacing)
+                value = spacing_value(value, meta.spacing)
             _set_attr(attrs, name, value)
         if meta.spacing is not None and not any(name in meta.attrs for name in SPACING_ATTRS):
             attrs["spacing"] = np.asarray(meta.spacing, dtype=np.float64)

@@ -245,14 +245,14 @@ def _reader_axes(
             raise InputError(
                 f"shape {file_shape}: the 5th axis holds {c} components of one volume, not a series",
                 source=str(path),
-                field="--fourth-axis",
+                param="fourth_axis",
             )
         return [0, 1, 2, 4], "channels", f"5th axis of {path.name} read as {c} channel(s) (NIfTI vector components)"
     if fourth_axis == "channels":
         raise InputError(
             f"shape {file_shape}: a series of {t} volumes of {c} components cannot be read as channels",
             source=str(path),
-            field="--fourth-axis",
+            param="fourth_axis",
         )
     sentence = f"{path.name} read as a series of {t} volume(s) of {c} channel(s) (NIfTI's 4th and 5th axes)"
     return [3, 0, 1, 2, 4], "series", sentence
@@ -285,7 +285,7 @@ class NiftiReader:
         self.path = Path(path)
         fourth_axis = (fourth_axis or "auto").lower()
         if fourth_axis not in FOURTH_AXIS_CHOICES:
-            raise InputError(f"{fourth_axis!r}; use auto, channels or series", field="--fourth-axis")
+            raise InputError(f"{fourth_axis!r}; use auto, channels or series", param="fourth_axis")
         self.compressed = _is_gzip(self.path)
         header = _read_header(self.path, self.compressed)
         self.header = header
@@ -405,7 +405,7 @@ def open_reader(
     path: Path, dataset: str | None = None, fourth_axis: str | None = "auto", in_channels: int | None = None
 ) -> NiftiReader:
     if dataset:
-        raise InputError("--dataset applies to HDF5 inputs, not NIfTI", source=str(path), field="--dataset")
+        raise InputError("--dataset applies to HDF5 inputs, not NIfTI", source=str(path), param="dataset")
     return NiftiReader(path, fourth_axis=fourth_axis, in_channels=in_channels)
 
 
@@ -457,7 +457,7 @@ def _output_header(file_shape: tuple[int, ...], dtype: np.dtype, meta: VolumeMet
         hdr.set_data_dtype(dtype.newbyteorder("<"))
     except Exception:  # nibabel's HeaderDataError: a type NIfTI has no code for (float16, ...)
         raise InputError(
-            f"NIfTI cannot store {dtype}; use float32, float64 or an integer type", field="--output-dtype"
+            f"NIfTI cannot store {dtype}; use float32, float64 or an integer type", param="output_dtype"
         ) from None
     if meta.affine is not None:
         affine = np.asarray(meta.affine, dtype=np.float64)
@@ -513,7 +513,7 @@ class NiftiWriter:
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         if self.dtype.kind not in "fiu":
-            raise InputError(f"cannot write {self.dtype} as NIfTI", source=str(path), field="--output-dtype")
+            raise InputError(f"cannot write {self.dtype} as NIfTI", source=str(path), param="output_dtype")
         self.compress = self.path.name.lower().endswith(".gz")
         self.compression_level = int(compression_level)
         self.data_path = self.path.with_name(self.path.name + STAGING_SUFFIX) if self.compress else self.path
@@ -616,7 +616,7 @@ def create_writer(
     `data_format` of the boxes (default channels_last, the layout NiftiReader presents)."""
     if dataset:
         raise InputError(
-            "--output-dataset applies to HDF5 outputs, not NIfTI", source=str(path), field="--output-dataset"
+            "--output-dataset applies to HDF5 outputs, not NIfTI", source=str(path), param="output_dataset"
         )
     return NiftiWriter(
         path,

@@ -184,7 +184,7 @@ def aligned_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
 
 def open_reader(path: Path, dataset: str | None = None, **hints: object) -> NpyReader:
     if dataset:
-        raise InputError("--dataset applies to HDF5 inputs, not .npy", source=str(path), field="--dataset")
+        raise InputError("--dataset applies to HDF5 inputs, not .npy", source=str(path), param="dataset")
     return NpyReader(path)
 
 
@@ -194,6 +194,6 @@ def create_writer(
     dataset = options.pop("dataset", None)
     if dataset:
         raise InputError(
-            "--output-dataset applies to HDF5 outputs, not .npy", source=str(path), field="--output-dataset"
+            "--output-dataset applies to HDF5 outputs, not .npy", source=str(path), param="output_dataset"
         )
     return NpyWriter(path, shape, dtype, meta, resume=resume)

@@ -226,7 +226,7 @@ def _pick_array(root: Any, dataset: str | None, ms: dict[str, Any] | None, src: 
         for name, arr in arrays:
             if name == key:
                 return name, arr
-        raise InputError(f"no array {dataset!r}; available: {_listing(arrays)}", source=src, field="--dataset")
+        raise InputError(f"no array {dataset!r}; available: {_listing(arrays)}", source=src, param="dataset")
     if ms is not None:
         datasets = ms.get("datasets") or []
         first = datasets[0].get("path") if datasets and isinstance(datasets[0], dict) else None
@@ -282,11 +282,11 @@ class ZarrReader:
                     affine[[0, 1, 2], [0, 1, 2]] = scale
                     affine[:3, 3] = shift
         if spacing is None:
-            from .hdf5 import SPACING_ATTRS, _spacing_from
+            from .hdf5 import SPACING_ATTRS, spacing_from
 
             for key in SPACING_ATTRS:
                 if key in attrs:
-                    spacing = _spacing_from(attrs[key], len(self.shape))
+                    spacing = spacing_from(attrs[key], len(self.shape))
                     if spacing is not None:
                         break
         given = np.asarray(attrs.get("affine", []), dtype=np.float64) if "affine" in attrs else None
@@ -418,12 +418,12 @@ def _ngff_attrs(meta: VolumeMeta, layout: Layout, array_path: str, zarr_format: 
 
 def _array_attrs(meta: VolumeMeta, ngff: bool) -> dict[str, Any]:
     """Input attributes (JSON-able ones), spacing attributes rewritten; spacing/affine when NGFF cannot say them."""
-    from .hdf5 import SPACING_ATTRS, _spacing_value
+    from .hdf5 import SPACING_ATTRS, spacing_value
 
     out: dict[str, Any] = {}
     for name, value in meta.attrs.items():
         if name in SPACING_ATTRS and meta.spacing is not None:
-            value = _spacing_value(value, meta.spacing)
+            value = spacing_value(value, meta.spacing)
         if name == "affine" and meta.affine is not None:
             value = np.asarray(meta.affine, dtype=np.float64)
         converted = _jsonable(value)
@@ -483,7 +483,7 @@ class ZarrWriter:
         self.array_path = (dataset or DEFAULT_ARRAY).strip("/") or DEFAULT_ARRAY
         src = str(path)
         if self.dtype.kind not in "fiu":
-            raise InputError(f"cannot write {self.dtype} as Zarr", source=src, field="--output-dtype")
+            raise InputError(f"cannot write {self.dtype} as Zarr", source=src, param="output_dtype")
         if resume:
             try:
                 root = zarr.open_group(store=str(self.path), mode="r+")
@@ -506,7 +506,7 @@ class ZarrWriter:
             fmt = int(fmt)
             level = int(compression_level)
             if not 0 <= level <= 22:
-                raise InputError(f"{compression_level!r}: use 0 (none) to 22", field="--compression-level")
+                raise InputError(f"{compression_level!r}: use 0 (none) to 22", param="compression_level")
             lay = _layout_of(self.shape, layout)
             chunk_shape = output_chunks(self.shape, self.dtype, lay, {"chunks": chunks})
             group_attrs, names = _ngff_attrs(meta, lay, self.array_path, fmt)

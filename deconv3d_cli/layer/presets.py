@@ -43,11 +43,11 @@ def parse_scale(value: Any) -> tuple[int, int, int]:
     try:
         nums = [int(p) for p in parts]
     except (TypeError, ValueError):
-        raise SpecError(f"{value!r}: use a positive integer or three, e.g. 2 or 2,2,3", field="--scale") from None
+        raise SpecError(f"{value!r}: use a positive integer or three, e.g. 2 or 2,2,3", param="scale") from None
     if len(nums) == 1:
         nums *= 3
     if len(nums) != 3 or any(n < 1 for n in nums):
-        raise SpecError(f"{value!r}: use a positive integer or three, e.g. 2 or 2,2,3", field="--scale")
+        raise SpecError(f"{value!r}: use a positive integer or three, e.g. 2 or 2,2,3", param="scale")
     return tuple(nums)  # type: ignore[return-value]
 
 
@@ -55,7 +55,7 @@ def make_spec(name: str, scale: Any, channels: int = 1, data_format: str = "chan
     """A LayerSpec computing the preset on `channels` channels independently (a diagonal kernel)."""
     key = name.lower()
     if key not in PRESETS:
-        raise SpecError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}", field="--preset")
+        raise SpecError(f"unknown preset {name!r}; valid: {', '.join(PRESETS)}", param="preset")
     s = parse_scale(scale)
     t = [taps(key, n) for n in s]
     kernel3 = t[0][:, None, None] * t[1][None, :, None] * t[2][None, None, :]
@@ -72,30 +72,3 @@ def make_spec(name: str, scale: Any, channels: int = 1, data_format: str = "chan
         kernel=kernel,
         name=f"{key}_x{'x'.join(map(str, s))}",
     )
-
-
-def upsample(
-    x: Any,
-    name: str,
-    scale: Any,
-    boundary: str = DEFAULT_BOUNDARY,
-    data_format: str = "channels_last",
-    device: str = "cpu",
-    precision: str = "fp32",
-) -> np.ndarray:
-    """In-memory preset upsampling of a 3-, 4- or 5-D array."""
-    from ..engine.core import Engine, to_numpy
-    from ..geometry import boundary as bnd
-    from ..geometry.layout import Layout
-
-    x = np.asarray(x)
-    layout = Layout(x.ndim, data_format)
-    spec = make_spec(name, scale, layout.channels(x.shape), data_format)
-    axes = bnd.extend_axes(spec.axes(layout.spatial_shape(x.shape)), boundary)
-    ranges = [ax.input_range(0, ax.out) for ax in axes]
-    slab = bnd.read_slab(
-        lambda index: x[index], layout, [slice(r.lo, r.hi) for r in ranges], slice(None), axes, boundary
-    )
-    engine = Engine(spec, layout.channels(x.shape), device, precision)
-    y = engine.tile(layout.to_ncdhw(slab), [r.offset for r in ranges], [ax.out for ax in axes])
-    return np.ascontiguousarray(layout.from_ncdhw(to_numpy(y), spec.filters))

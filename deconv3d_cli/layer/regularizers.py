@@ -64,10 +64,10 @@ def penalty(regularizer: Any, weight: Any) -> tuple[float | None, str | None]:
                 "(Keras raises when it computes this penalty)"
             )
         return _orthogonal(w, cfg["factor"], cfg["mode"]), None
-    return _l1_l2(cfg.get("l1", 0.0), cfg.get("l2", 0.0), np.sum(np.abs(w)), np.sum(np.square(w))), None
+    return l1_l2(cfg.get("l1", 0.0), cfg.get("l2", 0.0), np.sum(np.abs(w)), np.sum(np.square(w))), None
 
 
-def _l1_l2(l1: float, l2: float, sum_abs: float, sum_sq: float) -> float:
+def l1_l2(l1: float, l2: float, sum_abs: float, sum_sq: float) -> float:
     return float(l1 * sum_abs + l2 * sum_sq)
 
 
@@ -84,35 +84,6 @@ def _orthogonal(w: np.ndarray, factor: float, mode: str) -> float:
     return float(factor * 0.5 * off.sum() / (size * (size - 1) / 2.0))
 
 
-class ActivityAccumulator:
-    """Sums |y| and y^2 over output tiles, for an `activity_regularizer` of the l1/l2 family."""
-
-    def __init__(self, regularizer: Mapping[str, Any] | None) -> None:
-        self.regularizer = regularizer
-        self.sum_abs = 0.0
-        self.sum_sq = 0.0
-        self.tiles = 0
-        self.active = regularizer is not None and regularizer["name"] != "orthogonal_regularizer"
-
-    def add(self, y: Any) -> None:
-        """Add one output tile (a torch tensor, any layout); a no-op without an activity regularizer."""
-        if not self.active:
-            return
-        import torch
-
-        with torch.inference_mode():
-            # Views over the first two axes: the float64 upcast never holds more than one block of a tile.
-            blocks = [b for outer in y.detach().unbind(0) for b in outer.unbind(0)] if y.ndim >= 3 else [y.detach()]
-            for block in blocks:
-                self.sum_abs += float(torch.linalg.vector_norm(block, 1, dtype=torch.float64))
-                self.sum_sq += float(torch.linalg.vector_norm(block, 2, dtype=torch.float64)) ** 2
-        self.tiles += 1
-
-    def value(self, batch: int) -> float:
-        cfg = self.regularizer["config"]  # type: ignore[index]
-        return _l1_l2(cfg.get("l1", 0.0), cfg.get("l2", 0.0), self.sum_abs, self.sum_sq) / max(int(batch), 1)
-
-
 def _entry(regularizer: Mapping[str, Any], value: float | None, note: str | None) -> dict[str, Any]:
     entry: dict[str, Any] = {"regularizer": regularizer["name"], "config": dict(regularizer["config"]), "value": value}
     if note:
@@ -124,7 +95,7 @@ def run_report(
     spec: Any,
     kernel: Any,
     bias: Any,
-    activity: ActivityAccumulator | None = None,
+    activity: Any = None,
     batch: int = 1,
     complete: bool = True,
 ) -> dict[str, Any]:
@@ -169,8 +140,7 @@ def run_report(
 
 
 def _to_numpy(w: Any) -> np.ndarray:
-    if type(w).__module__.split(".")[0] == "torch":
-        return w.detach().to("cpu").double().numpy()
+    """A weight as numpy (the engine hands over numpy copies of its tensors)."""
     return np.asarray(w)
 
 
@@ -188,15 +158,3 @@ def format_report(report: Mapping[str, Any]) -> str:
         return ""
     total = reg.get("total")
     return ", ".join(parts) + ("" if total is None or len(parts) == 1 else f" (total {total:.6g})")
-
-
-def run_report_for(job: Any, engine: Any, activity: ActivityAccumulator | None) -> dict[str, Any]:
-    """`run_report` for one pipeline job: the spec's loaded weights (else the engine's), its batch size,
-    and whether every tile of the plan was computed in this run."""
-    spec = job.spec
-    if spec.kernel is not None:
-        kernel, bias = spec.kernel, spec.bias
-    else:  # drawn by an initializer inside the engine: the sums do not depend on its layout
-        kernel, bias = getattr(engine, "weight", None), getattr(engine, "bias", None)
-    complete = activity is not None and activity.tiles == len(job.plan)
-    return run_report(spec, kernel, bias, activity, batch=job.plan.batch, complete=complete)

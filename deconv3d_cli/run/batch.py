@@ -101,10 +101,10 @@ def output_name(
     except (KeyError, IndexError, ValueError) as exc:
         raise SpecError(
             f"{template!r} uses an unknown placeholder ({exc}); available: {', '.join(TEMPLATE_FIELDS)}",
-            field="--name-template",
+            param="name_template",
         ) from None
     if not name or "/" in name or name in (".", ".."):
-        raise SpecError(f"{template!r} gives the file name {name!r}", field="--name-template")
+        raise SpecError(f"{template!r} gives the file name {name!r}", param="name_template")
     return name
 
 
@@ -280,7 +280,7 @@ def plan_outputs(
     if output_format:
         key = output_format.lower().lstrip(".")
         if key not in EXTENSIONS:
-            raise SpecError(f"{output_format!r}; use one of {', '.join(EXTENSIONS)}", field="--output-format")
+            raise SpecError(f"{output_format!r}; use one of {', '.join(EXTENSIONS)}", param="output_format")
         ext = EXTENSIONS[key]
     jobs, seen = [], {}
     for index, path in enumerate(inputs):
@@ -290,7 +290,7 @@ def plan_outputs(
         if out in seen:
             raise SpecError(
                 f"{seen[out]} and {path} would both be written to {out}; add {{parent}} or {{index}} to it",
-                field="--name-template",
+                param="name_template",
             )
         seen[out] = path
         jobs.append(Job(path, out))

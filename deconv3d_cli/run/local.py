@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from .. import io as vio
+from ..engine.activity import ActivityAccumulator
 from ..engine.transfer import Transfers
 from ..errors import InputError
 from ..geometry import boundary
 from ..geometry.layout import Layout
-from ..geometry.tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, Tile, make_plan
+from ..geometry.tiling import READ_AHEAD, WRITE_BEHIND, Costs, Plan, PlanError, Tile, make_plan
 from ..io.atomic import OutputTarget, journal_header, same_file
 from ..io.direct import ALIGN
 from ..layer import regularizers
@@ -128,7 +129,7 @@ def resolve_output_dtype(name: str, input_dtype: np.dtype) -> np.dtype:
         dt = None
     if dt is None or dt.kind not in "fiu":
         raise InputError(
-            f"{name!r}; use float32, float64, float16, keep or an integer type such as int16", field="--output-dtype"
+            f"{name!r}; use float32, float64, float16, keep or an integer type such as int16", param="output_dtype"
         )
     return dt
 
@@ -173,7 +174,7 @@ def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options
         try:
             axes = boundary.extend_axes(spec.axes(layout.spatial_shape(reader.shape)), opts.boundary)
         except ValueError as exc:
-            raise InputError(str(exc), field="--boundary") from None
+            raise InputError(str(exc), param="boundary") from None
         out_shape = layout.output_shape(reader.shape, [ax.out for ax in axes], spec.filters)
         out_layout = layout.output_layout(spec.filters)
         out_dtype = resolve_output_dtype(opts.output_dtype, reader.dtype)
@@ -186,19 +187,22 @@ def prepare(spec: SpecSource, input_path: Path, output_path: Path, opts: Options
         )
         chunks = vio.output_chunks(out_format, out_shape, out_dtype, out_layout, opts.writer_options)
         spatial_chunks = None if chunks is None else [chunks[a] for a in out_layout.spatial_axes]
-        plan = make_plan(
-            axes,
-            layout.batch(reader.shape),
-            channels,
-            spec.filters,
-            spec.kernel_size,
-            memory_limit=opts.memory_limit,
-            tile_shape=opts.tile,
-            chunks=spatial_chunks,
-            full_width=spec.mixes_width,
-            costs=costs,
-            slabs=vio.writes_slabs(out_format),
-        )
+        try:
+            plan = make_plan(
+                axes,
+                layout.batch(reader.shape),
+                channels,
+                spec.filters,
+                spec.kernel_size,
+                memory_limit=opts.memory_limit,
+                tile_shape=opts.tile,
+                chunks=spatial_chunks,
+                full_width=spec.mixes_width,
+                costs=costs,
+                slabs=vio.writes_slabs(out_format),
+            )
+        except PlanError as exc:
+            raise InputError(exc.message, param=exc.param) from None
         meta = vio.output_meta(reader.meta, axes)
     except BaseException:
         reader.close()
@@ -307,7 +311,7 @@ def compute_tile(
     slab: Any,
     tile: Tile,
     alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None,
-    activity: regularizers.ActivityAccumulator | None = None,
+    activity: ActivityAccumulator | None = None,
     transfers: Any = None,
 ) -> tuple[np.ndarray, int]:
     """The output tile in the stored dtype and axis order, and how many voxels were clipped to it.
@@ -336,7 +340,7 @@ def process_tile(
     writer: Any,
     engine: Any,
     tile: Tile,
-    activity: regularizers.ActivityAccumulator | None = None,
+    activity: ActivityAccumulator | None = None,
 ) -> int:
     """Read, compute and write one tile in the calling thread; returns the clipped voxel count."""
     slab = read_tile(job, reader, tile)
@@ -410,7 +414,7 @@ def _execute(
     skipped_voxels = sum(t.voxels for t in plan.tiles() if t.index in target.done) if resumed else 0
     started = time.perf_counter()
     bar = _progress_bar(job, opts, initial=skipped_voxels)
-    activity = regularizers.ActivityAccumulator(job.spec.activity_regularizer)
+    activity = ActivityAccumulator(job.spec.activity_regularizer)
     try:
         writer = vio.create_writer(
             target.partial,
@@ -557,7 +561,7 @@ def _execute(
         device=str(engine.device),
         engine_path=engine.path,
     )
-    result.update(regularizers.run_report_for(job, engine, activity))  # {} unless the spec names any
+    result.update(run_report_for(job, engine, activity))  # {} unless the spec names any
     return result
 
 
@@ -604,3 +608,22 @@ def run_job(
         job.reader.close()
         raise
     return execute(job, engine, opts)
+
+
+def run_report_for(job: Any, engine: Any, activity: ActivityAccumulator | None) -> dict[str, Any]:
+    """`run_report` for one pipeline job: the spec's loaded weights (else the engine's), its batch size,
+    and whether every tile of the plan was computed in this run."""
+    spec = job.spec
+    if spec.kernel is not None:
+        kernel, bias = spec.kernel, spec.bias
+    else:  # drawn by an initializer inside the engine: the sums do not depend on its layout
+        kernel, bias = (_host(getattr(engine, name, None)) for name in ("weight", "bias"))
+    complete = activity is not None and activity.tiles == len(job.plan)
+    return regularizers.run_report(spec, kernel, bias, activity, batch=job.plan.batch, complete=complete)
+
+
+def _host(w: Any) -> Any:
+    """A torch weight as a float64 numpy array (None stays None; numpy passes through)."""
+    if w is None or isinstance(w, np.ndarray):
+        return w
+    return w.detach().to("cpu").double().numpy()

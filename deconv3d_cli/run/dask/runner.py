@@ -69,11 +69,11 @@ def parse_scheduler(text: str) -> tuple[str, Any]:
             n = 0
         if n < 1:
             raise InputError(
-                f"{text!r}: use local, local:N (N >= 1 worker processes) or an address", field="--scheduler"
+                f"{text!r}: use local, local:N (N >= 1 worker processes) or an address", param="scheduler"
             )
         return "local", n
     if not value:
-        raise InputError("give a scheduler address (tcp://host:8786) or local:N", field="--scheduler")
+        raise InputError("give a scheduler address (tcp://host:8786) or local:N", param="scheduler")
     if value.endswith(".json"):
         return "file", value
     return "address", value
@@ -288,12 +288,12 @@ def _open_reader(ctx: TaskContext) -> Any:
 
 def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
     """A Dask task: read, compute and write `tiles` of the plan into the partial output, durably."""
-    from ...layer import regularizers
+    from ...engine.activity import ActivityAccumulator
     from .. import local as pipeline
 
     job, opts = ctx.job, ctx.opts
     started = time.perf_counter()
-    activity = regularizers.ActivityAccumulator(job.spec.activity_regularizer)
+    activity = ActivityAccumulator(job.spec.activity_regularizer)
     engine = _engine(ctx)
     if "zarr" in (job.out_format, ctx.in_format):
         _one_zarr_thread()
@@ -438,7 +438,7 @@ class _Output:
         self.tasks = 0
         self.devices: set[str] = set()
         self.threads: set[int] = set()
-        from ...layer.regularizers import ActivityAccumulator
+        from ...engine.activity import ActivityAccumulator
 
         self.activity = ActivityAccumulator(job.spec.activity_regularizer)
         self.memory: dict[int, int] = {}
@@ -522,7 +522,7 @@ class _Output:
         )
         from types import SimpleNamespace
 
-        from ...layer.regularizers import run_report_for
+        from ..local import run_report_for
 
         kernel, bias = (None, None) if job.spec.kernel is not None else job.spec.materialise(self.ctx.channels)
         result.update(run_report_for(job, SimpleNamespace(weight=kernel, bias=bias), self.activity))
@@ -875,14 +875,14 @@ def parse_input_shape(text: str) -> tuple[tuple[int, ...], str]:
     except ValueError:
         shape = ()
     if len(shape) not in (3, 4, 5) or any(n < 1 for n in shape):
-        raise InputError(f"{text!r}: give 3 to 5 positive lengths, e.g. 16384,16384,8192,1", field="--input-shape")
+        raise InputError(f"{text!r}: give 3 to 5 positive lengths, e.g. 16384,16384,8192,1", param="input_shape")
     dtype = dtype.strip() or "float32"
     try:
         dt = np.dtype(dtype)
     except TypeError:
         dt = None
     if dt is None or dt.kind not in "fiub":
-        raise InputError(f"{text!r}: dtype {dtype!r} is not numeric (float32, uint16, ...)", field="--input-shape")
+        raise InputError(f"{text!r}: dtype {dtype!r} is not numeric (float32, uint16, ...)", param="input_shape")
     return shape, dt.name
 
 
