@@ -111,6 +111,14 @@ class Axis:
         """Input voxels below a stride-aligned tile that still reach into it."""
         return -(-self.k_eff // self.stride) - 1
 
+    def slab_rows(self, t: int) -> int:
+        """Input rows (boundary extension included) that a stride-aligned tile of `t` outputs reads, at most."""
+        return min(-(-t // self.stride) + self.halo + 1, self.length + self.pad_lo + self.pad_hi)
+
+    def full_rows(self, t: int) -> int:
+        """Rows of the uncropped transposed convolution of such a slab (what the engine computes)."""
+        return (self.slab_rows(t) - 1) * self.stride + self.k_eff
+
     def extended(self) -> Axis:
         """The same axis with just enough boundary extension that every output voxel sees real data.
 

@@ -11,8 +11,9 @@ import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from itertools import product
+from typing import Protocol
 
-from .axis import Axis
+from .axis import SlabRange
 
 
 class PlanError(ValueError):
@@ -36,6 +37,32 @@ WRITE_BEHIND = 2
 # many slabs: measured on 8-729 MiB outputs, 4-16 slabs ran 15-25% faster than one (I/O overlapped).
 PIPELINE_TILES = 8
 PIPELINE_MIN_BYTES = 2 << 20
+
+
+class PlanAxis(Protocol):
+    """What a plan needs of one spatial axis: a transposed convolution's (axis.Axis) or a resampler's.
+
+    `stride` is the alignment unit of tile starts (so every tile's slab has the same shape up to the
+    edges); `halo` the rows a tile reads below its own; `slab_rows(t)` / `full_rows(t)` the input rows a
+    tile of `t` outputs reads and the rows of the intermediate it computes (the memory estimate).
+    """
+
+    length: int
+    stride: int
+    pad_lo: int
+    pad_hi: int
+
+    @property
+    def out(self) -> int: ...
+
+    @property
+    def halo(self) -> int: ...
+
+    def slab_rows(self, t: int) -> int: ...
+
+    def full_rows(self, t: int) -> int: ...
+
+    def input_range(self, start: int, stop: int) -> SlabRange: ...
 
 
 @dataclass(frozen=True)
@@ -69,7 +96,7 @@ class Costs:
 
 @dataclass(frozen=True)
 class Plan:
-    axes: tuple[Axis, Axis, Axis]
+    axes: tuple[PlanAxis, PlanAxis, PlanAxis]
     batch: int
     channels: int
     filters: int
@@ -123,10 +150,8 @@ class Plan:
         shape = tuple(tile_shape or self.tile_shape)
         b = batch_step or self.batch_step
         c = self.costs
-        n_in = [
-            min(-(-t // ax.stride) + ax.halo + 1, ax.length + ax.pad_lo + ax.pad_hi) for t, ax in zip(shape, self.axes)
-        ]
-        n_full = [(n - 1) * ax.stride + ax.k_eff for n, ax in zip(n_in, self.axes)]
+        n_in = [ax.slab_rows(t) for t, ax in zip(shape, self.axes)]
+        n_full = [ax.full_rows(t) for t, ax in zip(shape, self.axes)]
         vin, vfull, vout = math.prod(n_in), math.prod(n_full), math.prod(shape)
         slab = b * self.channels * vin
         raw = slab * c.in_item
@@ -143,7 +168,7 @@ class Plan:
 
 
 def make_plan(
-    axes: Sequence[Axis],
+    axes: Sequence[PlanAxis],
     batch: int,
     channels: int,
     filters: int,
