@@ -52,3 +52,7 @@ class RunError(Deconv3dError, RuntimeError):
     """A run on valid input failed (device, disk, interrupted)."""
 
     exit_code = 1
+
+
+class Deconv3dWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints one line per warning)."""

@@ -7,10 +7,29 @@ tiler are compared against. Exposed as session fixtures (hypothesis accepts thos
 from __future__ import annotations
 
 import math
+import os
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tuning_cache(tmp_path_factory):
+    """Formulation decisions go to a cache of this test session's own (inherited by subprocesses), never
+    the user's ~/.cache; tests that need a fresh decision use the `fresh_tuning` fixture."""
+    os.environ["DECONV3D_TUNING_DIR"] = str(tmp_path_factory.mktemp("tuning"))
+    yield
+
+
+@pytest.fixture
+def fresh_tuning(tmp_path, monkeypatch):
+    """An empty tuning cache and no decisions remembered by this process: the next choice is measured."""
+    from deconv3d_cli.engine import tuning
+
+    monkeypatch.setenv("DECONV3D_TUNING_DIR", str(tmp_path / "tuning"))
+    monkeypatch.setattr(tuning, "_MEMO", {})
+    return tmp_path / "tuning"
 
 
 def keras_output_length(length: int, kernel: int, stride: int, padding: str, output_padding, dilation: int) -> int:

@@ -53,3 +53,34 @@ def tiled(engine, spec: LayerSpec, x: np.ndarray, tile_shape) -> np.ndarray:
         piece = engine.tile(x[(slice(None), slice(None), *t.src)], t.offsets, t.sizes)
         out[(slice(None), slice(None), *t.out)] = piece.numpy()
     return out
+
+
+_PARTS = {
+    "read": {"dataset": "dataset", "fourth_axis": "fourth_axis", "allow_external": "allow_external"},
+    "write": {"output_dataset": "dataset", "output_dtype": "dtype", "overwrite": "overwrite", "resume": "resume",
+              "flush_every": "checkpoint_every", "checkpoint_every": "checkpoint_every"},
+    "compute": {k: k for k in ("device", "precision", "memory_limit", "tile", "boundary", "engine_path", "threads")},
+    "cluster": {"scheduler": "scheduler"},
+}  # fmt: skip
+
+
+def options(**flat):
+    """run.options.Options from the flat keywords tests read best (`tile=..., overwrite=True, scheduler=...`);
+    `writer_options={...}` sets the write part's format options."""
+    from deconv3d_cli.run.options import ClusterOptions, ComputeOptions, Options, ReadOptions, WriteOptions
+
+    parts = {"read": {}, "write": {}, "compute": {}, "cluster": {}}
+    progress = flat.pop("progress", True)
+    parts["write"].update(flat.pop("writer_options", {}))
+    for key, value in flat.items():
+        part = next((p for p, names in _PARTS.items() if key in names), None)
+        if part is None:
+            raise TypeError(f"unknown option {key!r}")
+        parts[part][_PARTS[part][key]] = value
+    return Options(
+        read=ReadOptions(**parts["read"]),
+        write=WriteOptions(**parts["write"]),
+        compute=ComputeOptions(**parts["compute"]),
+        cluster=ClusterOptions(**parts["cluster"]),
+        progress=progress,
+    )

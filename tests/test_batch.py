@@ -10,17 +10,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from deconv3d_cli.errors import InputError, SpecError
-from deconv3d_cli.run.batch import (
-    FileResult,
-    Job,
-    Report,
-    expand_inputs,
-    output_name,
-    parse_shard,
-    plan_outputs,
-    run_batch,
-    shard,
-)
+from deconv3d_cli.run.batch import FilePair as Job
+from deconv3d_cli.run.batch import FileResult, Report, run_batch
+from deconv3d_cli.run.inputs import expand_inputs, output_name, parse_shard, plan_outputs, shard
 
 
 @given(n=st.integers(0, 300), count=st.integers(1, 17))

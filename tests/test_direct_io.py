@@ -13,13 +13,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import assert_close, random_spec, reference
+from helpers import options as Options
 
 from deconv3d_cli import InputError, LayerSpec
 from deconv3d_cli.geometry.tiling import PIPELINE_MIN_BYTES, PIPELINE_TILES, make_plan
 from deconv3d_cli.io import direct, writes_slabs
 from deconv3d_cli.io.base import VolumeMeta
 from deconv3d_cli.io.npy import NpyWriter, aligned_header
-from deconv3d_cli.run.local import Options, _Pool, prepare, run_job
+from deconv3d_cli.run.job import prepare
+from deconv3d_cli.run.local import Pool as _Pool
+from deconv3d_cli.run.local import run_job
 
 ALIGN = direct.ALIGN
 HUGE = 1 << 50

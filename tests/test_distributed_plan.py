@@ -9,11 +9,11 @@ import sys
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from helpers import options as Options
 
 from deconv3d_cli import InputError, LayerSpec
 from deconv3d_cli.cli import main
-from deconv3d_cli.run.dask import runner as dd
-from deconv3d_cli.run.local import Options
+from deconv3d_cli.run import dask as dd
 
 
 def spec_file(tmp_path, **hyper):
@@ -98,16 +98,16 @@ def test_missing_extra_says_what_to_install(monkeypatch):
 
 def test_align_chunks_divides_the_tiles(tmp_path):
     """A budget too small for chunk-aligned tiles gets chunks that divide the tiles (the user gave none)."""
-    from deconv3d_cli.run.local import prepare
+    from deconv3d_cli.run.job import prepare
 
     layer = LayerSpec.from_yaml(spec_file(tmp_path, filters=1))
     reader = dd.VirtualReader(tmp_path / "v.npy", (40, 48, 44))
     job = prepare(layer, tmp_path / "v.npy", tmp_path / "o.zarr", Options(memory_limit=8 << 20), reader=reader)
     assert dd.chunk_misalignment(job, {})
     opts = dd.align_chunks(job, Options(memory_limit=8 << 20))
-    assert dd.chunk_misalignment(job, opts.writer_options) is None
-    assert all(t % c == 0 for t, c in zip(job.plan.tile_shape, opts.writer_options["chunks"]))
+    assert dd.chunk_misalignment(job, opts.write.writer_options) is None
+    assert all(t % c == 0 for t, c in zip(job.plan.tile_shape, opts.write.writer_options["chunks"]))
     given = Options(memory_limit=8 << 20, writer_options={"chunks": (64, 64, 64)})
     assert dd.align_chunks(job, given) is given  # the user's chunks are never changed: refused instead
     with pytest.raises(InputError, match="not aligned"):
-        dd.refuse_output(job, given.writer_options)
+        dd.refuse_output(job, given.write.writer_options)

@@ -134,7 +134,7 @@ def test_every_path_tiles_equal_fp64_whole(path, case):
     assert_close(tiled(engine, spec, x, rng.integers(1, 6, 3)), ref, rel=1e-5)
 
 
-def test_a_formulation_that_raises_is_left_out_of_the_choice(monkeypatch):
+def test_a_formulation_that_raises_is_left_out_of_the_choice(monkeypatch, fresh_tuning):
     """A oneDNN entry point refusing a shape must not fail the run: the other paths are timed."""
     from deconv3d_cli.engine import formulations as paths
 
@@ -147,7 +147,6 @@ def test_a_formulation_that_raises_is_left_out_of_the_choice(monkeypatch):
         return real(*args, **kwargs)
 
     monkeypatch.setattr(paths, "transpose", refusing)
-    monkeypatch.setattr("deconv3d_cli.engine.core._CHOSEN", {})
     engine = Engine(spec, 2)
     chosen = engine.choose_path(torch.zeros(1, 2, 9, 9, 9))
     assert chosen in ("transpose_cl",) or chosen.startswith("phase")
@@ -163,9 +162,8 @@ def test_cli_lists_every_formulation():
     assert tuple(option.type.choices) == ("auto", *PATHS, SEPARABLE)
 
 
-def test_an_unforced_engine_times_each_shape_class_anew(monkeypatch):
+def test_an_unforced_engine_times_each_shape_class_anew(monkeypatch, fresh_tuning):
     """A layer called on a tiny volume first must not keep that volume's formulation for big ones."""
-    monkeypatch.setattr("deconv3d_cli.engine.core._CHOSEN", {})
     spec = spec_for(np.random.default_rng(6))
     engine = Engine(spec, 2)
     seen = []

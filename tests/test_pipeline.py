@@ -12,12 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import assert_close, random_spec, reference
+from helpers import options as Options
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deconv3d_cli import InputError, LayerSpec
 from deconv3d_cli.io.atomic import journal_path, partial_path
-from deconv3d_cli.run.local import Options, prepare, run_job
+from deconv3d_cli.run.job import prepare
+from deconv3d_cli.run.local import run_job
 
 
 def make_spec(tmp: Path, rng: np.random.Generator, in_ch: int = 2, **hyper) -> tuple[Path, LayerSpec]:
@@ -172,8 +174,11 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, seed):
 def test_execute_fixes_one_formulation_per_output_and_releases_it(tmp_path):
     """Every tile of an output uses one formulation (resume reproduces it); the next file is timed anew,
     and a formulation the caller fixed stays fixed."""
+    from helpers import options as Options
+
     from deconv3d_cli.engine import Engine
-    from deconv3d_cli.run.local import Options, execute, prepare
+    from deconv3d_cli.run.job import prepare
+    from deconv3d_cli.run.local import execute
 
     rng = np.random.default_rng(12)
     spec = random_spec(rng, in_ch=2)
@@ -226,6 +231,6 @@ def test_deferred_downloads_are_waited_for_by_the_array_they_fill(tmp_path, monk
     spec = random_spec(rng, in_ch=2, filters=3)
     x = rng.standard_normal((40, 36, 200, 2)).astype(np.float32)
     np.save(tmp_path / "in.npy", x)
-    report = pipeline.run_job(spec, tmp_path / "in.npy", tmp_path / "out.npy", pipeline.Options(progress=False))
+    report = pipeline.run_job(spec, tmp_path / "in.npy", tmp_path / "out.npy", Options(progress=False))
     assert report["tiles"] > 1 and made and not made[0].pending
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), run_array(spec, x), rtol=1e-5, atol=1e-5)

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 zarr = pytest.importorskip("zarr", minversion="3")
 
 import helpers  # noqa: E402
+from helpers import options as Options  # noqa: E402
 from helpers import random_spec, reference  # noqa: E402
 
 from deconv3d_cli import InputError, LayerSpec  # noqa: E402
@@ -24,7 +25,8 @@ from deconv3d_cli.cli import main  # noqa: E402
 from deconv3d_cli.io import VolumeMeta, create_writer, format_of, open_reader  # noqa: E402
 from deconv3d_cli.io import zarr as zio  # noqa: E402
 from deconv3d_cli.io.atomic import journal_path, partial_path  # noqa: E402
-from deconv3d_cli.run.local import Options, execute, prepare, run_job  # noqa: E402
+from deconv3d_cli.run.job import prepare  # noqa: E402
+from deconv3d_cli.run.local import execute, run_job  # noqa: E402
 
 RNG = np.random.default_rng(11)
 
@@ -248,6 +250,7 @@ def test_overwrite_replaces_a_store_and_a_failure_leaves_it_whole(tmp_path, monk
     np.save(tmp_path / "in.npy", x)
     target = tmp_path / "out.zarr"
     target.mkdir()
+    (target / "zarr.json").write_text("{}")  # a store of the user's (only stores are ever replaced)
     (target / "marker").write_text("old")
     opts = Options(progress=False, tile=(4, 4, 4), writer_options={"chunks": (4, 4, 4)})
     with pytest.raises(InputError, match="--overwrite"):
@@ -264,14 +267,28 @@ def test_overwrite_replaces_a_store_and_a_failure_leaves_it_whole(tmp_path, monk
 
     monkeypatch.setattr(engine_mod.Engine, "tile", failing)
     with pytest.raises(RuntimeError, match="device lost"):
-        run_job(spec, tmp_path / "in.npy", target, Options(**{**opts.__dict__, "overwrite": True}))
+        run_job(spec, tmp_path / "in.npy", target, opts.with_(write={"overwrite": True}))
     assert (target / "marker").read_text() == "old"
     assert not partial_path(target).exists() and not journal_path(target).exists()
     monkeypatch.setattr(engine_mod.Engine, "tile", real)
-    run_job(spec, tmp_path / "in.npy", target, Options(**{**opts.__dict__, "overwrite": True}))
+    run_job(spec, tmp_path / "in.npy", target, opts.with_(write={"overwrite": True}))
     assert not (target / "marker").exists()
     assert_close(load(target), reference(spec, x))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.npy", "out.zarr"]
+
+
+def test_a_folder_that_is_not_a_store_is_never_replaced(tmp_path):
+    """--overwrite replaces our own outputs; a folder of the user's at the output's path stays, whole."""
+    spec = make_spec(RNG, in_ch=1, filters=1)
+    np.save(tmp_path / "in.npy", RNG.standard_normal((6, 6, 6)).astype(np.float32))
+    for name in ("out.zarr", "out.npy", "out.h5", "out.nii.gz"):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "thesis.tex").write_text("years of work")
+        with pytest.raises(InputError, match="never replaced|is a folder"):
+            run_job(spec, tmp_path / "in.npy", folder, Options(progress=False, overwrite=True))
+        assert (folder / "thesis.tex").read_text() == "years of work"
+        assert not partial_path(folder).exists() and not journal_path(folder).exists()
 
 
 def test_cli_writes_chunked_store_and_inspect_reads_it(tmp_path):

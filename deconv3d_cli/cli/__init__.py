@@ -3,6 +3,7 @@
 Nothing heavy is imported at module level, so `deconv3d --help` answers at once.
 """
 
-from .main import main, upsample
+from .main import main
+from .upsample import upsample
 
 __all__ = ["main", "upsample"]

@@ -8,7 +8,6 @@ offsets that geometry.py derives.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,7 +18,7 @@ from ..errors import RunError, SpecError
 from ..geometry import axis as geometry
 from ..geometry.layout import CHANNELS_FIRST
 from ..layer.spec import LayerSpec
-from . import activations, allocator, separable
+from . import activations, allocator, choice, separable
 from . import formulations as paths
 
 PRECISIONS = {
@@ -60,10 +59,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     return PRECISIONS[key]
 
 
-_CHOSEN: dict[tuple, str] = {}
-SEPARABLE = "separable"  # one axis at a time (separable.py); offered only for kernels it can express
-PROXY = 40  # edge of the slab crop timed when choosing a path (smaller crops mispredicted)
-CONFIRM_LIMIT = 1 << 25  # output elements up to which the best paths are re-timed on the slab itself
+SEPARABLE = choice.SEPARABLE
 
 
 class Engine:
@@ -110,6 +106,7 @@ class Engine:
         # 1-D taps when the kernel is per-channel, shared and rank-1 (the presets): separable.py.
         self._taps = separable.factor(kernel, spec.strides) if spec.dilation_rate == (1, 1, 1) else None
         self.path: str | None = None  # the formulation of the last tile
+        self.path_source: str | None = None  # where it came from (tuning.CACHED, TIMED, RULE, ...)
         # A fixed formulation (force_path: --engine-path, a resumed run, the pipeline after timing its
         # first slab); None: each call takes the one timed for its shape class (cached, see choose_path).
         self.forced: str | None = None
@@ -126,10 +123,32 @@ class Engine:
             names = tuple(p for p in names if p.startswith("transpose"))
         return names
 
-    def force_path(self, name: str) -> None:
+    def force_path(self, name: str, source: str = "given") -> None:
         if name not in self.available_paths():
-            raise SpecError(f"engine path {name!r} is not available here; use {', '.join(self.available_paths())}")
+            raise SpecError(
+                f"engine path {name!r} is not available here; use {', '.join(self.available_paths())}",
+                param="engine_path",
+            )
         self.forced = self.path = name
+        self.path_source = source
+
+    @property
+    def separable(self) -> bool:
+        """Whether the kernel acts on each channel alone with one rank-1 kernel (the presets)."""
+        return self._taps is not None
+
+    def time_tile(self, sample: torch.Tensor, path: str) -> torch.Tensor:
+        """One whole tile of `sample` by `path`, in the layout results are stored in (what choice.py times)."""
+        s = self.spec
+        whole = tuple(
+            geometry.full_length(n, k, st, d)
+            for n, k, st, d in zip(sample.shape[2:], s.kernel_size, s.strides, s.dilation_rate)
+        )
+        y = self._tile_once(sample, (0, 0, 0), whole, path=path)
+        y = y.contiguous(memory_format=self.out_memory_format)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        return y
 
     def _run(self, name: str, x: torch.Tensor, crop: Sequence[int] = (0, 0, 0)) -> torch.Tensor:
         s = self.spec
@@ -165,81 +184,10 @@ class Engine:
         )
 
     def choose_path(self, x: torch.Tensor | Sequence[int]) -> str:
-        """Time every formulation on a crop of the first slab (or a slab shape) and keep the fastest.
-
-        A 40^3 crop ranks the formulations cheaply but can misjudge large slabs by 2-4x (the phase
-        shuffle's cost grows faster than the convolution's; oneDNN's transposed convolution the other
-        way), so when the slab is larger the best of each family is timed again on the slab itself,
-        or past CONFIRM_LIMIT output elements on its first planes.
-        """
-        if not isinstance(x, torch.Tensor):
-            x = torch.zeros(tuple(x), device=self.device, dtype=self.dtype)
-        x = x[:1]
-        s = self.spec
-        # The crop keeps torch's own oneDNN-or-not decision for the slab (paths.onednn_by_default), or
-        # it would time other kernels than the slab runs: a taller crop where the slab is past it.
-        phase_kernel = [-(-k // st) for k, st in zip(s.kernel_size, s.strides)]
-        dnn_default = paths.onednn_by_default(x.shape, phase_kernel)
-        d, h, w = (min(int(n), PROXY) for n in x.shape[2:])
-        if dnn_default:  # N*C*d*h must pass the threshold as the slab's does: taller, then deeper
-            h = min(int(x.shape[3]), max(h, paths.ONEDNN_MIN_ROWS // max(x.shape[1] * d, 1) + 1))
-            if x.shape[1] * d * h <= paths.ONEDNN_MIN_ROWS:
-                d = min(int(x.shape[2]), paths.ONEDNN_MIN_ROWS // max(x.shape[1] * h, 1) + 1)
-        bucket = tuple(1 << max(int(n) - 1, 0).bit_length() for n in x.shape[2:])
-        key = (
-            s.kernel_size,
-            s.strides,
-            s.dilation_rate,
-            s.filters,
-            self.in_channels,
-            str(self.device),
-            self.dtype,
-            self.channels_last_out,
-            bucket,
-            dnn_default,
-        )
-        if key in _CHOSEN:  # one decision per shape class and process: repeated calls agree to the last bit
-            self.path = _CHOSEN[key]
-            return self.path
-        proxy = x[:, :, :d, :h, :w].contiguous()
-        candidates = [p for p in self.available_paths() if not (dnn_default and p in paths.DNN_PATHS)]
-        sync = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
-
-        def timed(name: str, sample: torch.Tensor):
-            whole = tuple(
-                geometry.full_length(n, k, st, d)
-                for n, k, st, d in zip(sample.shape[2:], s.kernel_size, s.strides, s.dilation_rate)
-            )
-
-            def run():  # a whole tile as the pipeline computes it, in the layout the caller stores
-                y = self._tile_once(sample, (0, 0, 0), whole, path=name)
-                y = y.contiguous(memory_format=self.out_memory_format)
-                sync()
-                return y
-
-            return run
-
-        with torch.inference_mode():
-            best, self.timings = paths.fastest({name: timed(name, proxy) for name in candidates}, repeats=2)
-            out_elements = s.filters * math.prod(
-                geometry.full_length(n, k, st, d)
-                for n, k, st, d in zip(x.shape[2:], s.kernel_size, s.strides, s.dilation_rate)
-            )
-            # Past CONFIRM_LIMIT, a slab cut in depth stands in for it: same rows, fewer planes.
-            depth = max(1, int(x.shape[2] * min(1.0, CONFIRM_LIMIT / max(out_elements, 1))))
-            sample = x if depth >= x.shape[2] else x[:, :, :depth]
-            if tuple(sample.shape) != tuple(proxy.shape):
-                # oneDNN's own kernels and torch's scale differently with size too: best of each kind.
-                families: dict[tuple[str, bool], list[str]] = {}
-                for n in self.timings:
-                    families.setdefault((n.split("_")[0], "_dnn" in n), []).append(n)
-                finalists = {min(names, key=self.timings.get) for names in families.values()}
-                if len(finalists) > 1:
-                    best, confirmed = paths.fastest({n: timed(n, sample) for n in finalists}, repeats=2)
-                    self.timings.update({f"{n}@slab": t for n, t in confirmed.items()})
-        self.path = best
-        _CHOSEN[key] = best
-        return best
+        """The formulation for slabs like `x` (a tensor or a shape): evident, recorded, or measured and
+        recorded once for this machine (choice.py); `path_source` says which."""
+        self.path, self.path_source = choice.choose(self, x)
+        return self.path
 
     def full(self, x: torch.Tensor) -> torch.Tensor:
         """The uncropped transposed convolution of slab `x`, bias added (extra trailing positions: bias only)."""
@@ -279,6 +227,10 @@ class Engine:
         offsets = tuple(int(v) for v in offsets)
         with torch.inference_mode():
             return self._tile_or_split(x, offsets, sizes)
+
+    def compute_tile(self, slab: Any, tile: Any) -> torch.Tensor:
+        """A plan's tile (geometry.tiling.Tile) from its input slab: what every runner calls."""
+        return self.tile(slab, tile.offsets, tile.sizes)
 
     def _tile_once(
         self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...], path: str | None = None

@@ -180,13 +180,18 @@ def make_plan(
     full_width: bool = False,
     costs: Costs = Costs(),
     slabs: bool = False,
+    order: Sequence[int] = (0, 1, 2),
 ) -> Plan:
     """A plan with the given tile shape, or the largest aligned one whose estimate fits the budget.
 
-    `slabs` (outputs written as contiguous byte runs, like .npy): tiles span whole planes and the
-    depth is cut first (down to a depth whose halo costs about a quarter more input, then rows), and
-    a large output is cut into PIPELINE_TILES slabs (fewer if they would be under PIPELINE_MIN_BYTES)
-    even when the budget would hold it whole, so that writing one slab overlaps computing the next.
+    `slabs`: tiles span whole planes of the file and its slowest axis is cut first (down to a depth
+    whose halo costs about a quarter more input, then rows), and a large output is cut into
+    PIPELINE_TILES slabs (fewer if they would be under PIPELINE_MIN_BYTES) even when the budget would
+    hold it whole, so that writing one slab overlaps computing the next. Whole planes are long
+    contiguous runs of a file (what .npy and NIfTI writers send to disk directly) and cost a chunked
+    format nothing when its chunks divide the tile. `order`: the spatial axes from slowest to fastest
+    in the file (0, 1, 2 for C order; 2, 1, 0 for NIfTI, whose x varies fastest).
+    `chunks`: tiles are aligned to them when the budget allows (concurrent writers never share a chunk).
     """
     axes = tuple(axes)
     out = [ax.out for ax in axes]
@@ -209,41 +214,51 @@ def make_plan(
                 "tile",
             )
         return plan
+    strides = [ax.stride for ax in axes]
+    order = tuple(order)
     if chunks is not None:
         # Chunk-aligned tiles never share a chunk between writes; when the budget cannot hold one,
         # stride alignment alone is still exact (the single writer thread serialises chunk updates).
         try:
-            return _auto_plan(
-                base, batch, out, [math.lcm(ax.stride, int(c)) for ax, c in zip(axes, chunks)], memory_limit, full_width
-            )
+            aligned = [math.lcm(st, int(c)) for st, c in zip(strides, chunks)]
+            return _auto_plan(base, batch, out, aligned, memory_limit, full_width, slabs, order)
         except PlanError:
             pass
-    return _auto_plan(base, batch, out, [ax.stride for ax in axes], memory_limit, full_width, slabs)
+    return _auto_plan(base, batch, out, strides, memory_limit, full_width, slabs, order)
 
 
-def _slab_depth(base: dict, batch: int, out: list[int], unit: int) -> int:
-    """The depth that cuts a large output into PIPELINE_TILES slabs of at least PIPELINE_MIN_BYTES."""
+def _slab_depth(base: dict, batch: int, out: list[int], unit: int, slow: int) -> int:
+    """The depth along axis `slow` that cuts a large output into PIPELINE_TILES slabs of at least
+    PIPELINE_MIN_BYTES."""
     c = base["costs"]
-    plane = batch * base["filters"] * out[1] * out[2] * c.out_item
-    slabs = min(PIPELINE_TILES, plane * out[0] // PIPELINE_MIN_BYTES)
+    plane = batch * base["filters"] * math.prod(out) // out[slow] * c.out_item
+    slabs = min(PIPELINE_TILES, plane * out[slow] // PIPELINE_MIN_BYTES)
     if slabs < 2:
-        return out[0]
-    depth = -(-out[0] // slabs)
-    return min(out[0], -(-depth // unit) * unit)
+        return out[slow]
+    depth = -(-out[slow] // slabs)
+    return min(out[slow], -(-depth // unit) * unit)
 
 
 def _auto_plan(
-    base: dict, batch: int, out: list[int], units: list[int], memory_limit: int, full_width: bool, slabs: bool = False
+    base: dict,
+    batch: int,
+    out: list[int],
+    units: list[int],
+    memory_limit: int,
+    full_width: bool,
+    slabs: bool = False,
+    order: tuple[int, ...] = (0, 1, 2),
 ) -> Plan:
     units = [min(u, n) for u, n in zip(units, out)]
     shape = list(out)
     batch_step = batch
     thinnest = 0
+    slow, middle = order[0], order[1]
     if slabs:
         # Below this depth a slab recomputes over ~25% extra input rows (its halo): cut rows instead.
-        ax = base["axes"][0]
-        thinnest = -(-4 * (ax.halo + 1) * ax.stride // units[0]) * units[0]
-        shape[0] = min(out[0], max(_slab_depth(base, batch, out, units[0]), thinnest))
+        ax = base["axes"][slow]
+        thinnest = -(-4 * (ax.halo + 1) * ax.stride // units[slow]) * units[slow]
+        shape[slow] = min(out[slow], max(_slab_depth(base, batch, out, units[slow], slow), thinnest))
     plan = Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]
     while plan.tile_bytes(shape, batch_step) > memory_limit:
         if batch_step > 1:
@@ -259,10 +274,10 @@ def _auto_plan(
                 f"{format_bytes(memory_limit)}; raise --memory-limit to at least {format_bytes(need)}",
                 "memory_limit",
             )
-        if slabs and 0 in candidates and shape[0] > thinnest:
-            pick = 0  # whole planes stay contiguous in the file: thinner slabs first
-        elif slabs and 1 in candidates:
-            pick = 1  # then whole rows (runs of the file still long), before recomputing more halo
+        if slabs and slow in candidates and shape[slow] > thinnest:
+            pick = slow  # whole planes stay contiguous in the file: thinner slabs first
+        elif slabs and middle in candidates:
+            pick = middle  # then whole rows (runs of the file still long), before recomputing more halo
         else:
             pick = max(candidates, key=lambda a: (shape[a], -a))
         half = -(-shape[pick] // 2)

@@ -16,29 +16,21 @@ import numpy as np
 from ..errors import InputError
 from ..geometry import axis as geometry
 from ..geometry.axis import Axis
-from .base import Reader, VolumeMeta, Writer
+from .base import PartialUnusable, Reader, VolumeMeta, Writer
 
-# format -> (module, file suffixes). Modules are imported on first use, so a format's library
-# (h5py, nibabel) costs nothing until a file of that format is touched.
-_REGISTRY: dict[str, tuple[str, tuple[str, ...]]] = {
-    "npy": ("npy", (".npy",)),
-    "hdf5": ("hdf5", (".h5", ".hdf5", ".hdf", ".he5")),
-    "nifti": ("nifti", (".nii", ".nii.gz")),
-    "zarr": ("zarr", (".zarr",)),  # a store (a directory); zarr itself is the optional dask extra
-}
+# Format modules are imported on first use, so a format's library (h5py, nibabel, zarr) costs nothing
+# until a file of that format is touched; formats.py holds what each can do.
 
 
 def _module(fmt: str) -> Any:
-    return importlib.import_module(f".{_REGISTRY[fmt][0]}", __name__)
+    return importlib.import_module(f".{fmt}", __name__)
 
 
 def format_of(path: Path | str) -> str:
-    name = str(path).lower().rstrip("/")
-    for fmt, (_, suffixes) in _REGISTRY.items():
-        if name.endswith(suffixes):
-            return fmt
-    supported = ", ".join(s for _, suffixes in _REGISTRY.values() for s in suffixes)
-    raise InputError(f"unknown file type; supported: {supported}", source=str(path))
+    """The format module's name for `path` (see formats.py for what each format can do)."""
+    from .formats import facts_of
+
+    return facts_of(path).name
 
 
 def open_reader(path: Path | str, dataset: str | None = None, **hints: Any) -> Reader:
@@ -68,28 +60,6 @@ def create_writer(
     return _module(fmt).create_writer(path, shape, np.dtype(dtype), meta, resume=resume, **options)
 
 
-# Writer options each format understands (CLI flags --compression-level and --chunks).
-WRITER_OPTIONS = {
-    "npy": (),
-    "hdf5": ("compression_level", "chunks"),
-    "nifti": ("compression_level",),
-    "zarr": ("compression_level", "chunks", "zarr_format"),
-}
-_FLAGS = {"compression_level": "--compression-level", "chunks": "--chunks"}
-
-
-def check_writer_options(fmt: str, options: dict[str, Any], path: Path) -> None:
-    """Refuse an option the output format would silently ignore."""
-    for key in options:
-        if key not in WRITER_OPTIONS[fmt]:
-            takers = [f for f, keys in WRITER_OPTIONS.items() if key in keys]
-            raise InputError(
-                f"{_FLAGS.get(key, key)} applies to {' and '.join(takers)} outputs, not {fmt}",
-                source=str(path),
-                param=key,
-            )
-
-
 def output_chunks(
     fmt: str, shape: tuple[int, ...], dtype: Any, layout: Any, options: dict[str, Any]
 ) -> tuple[int, ...] | None:
@@ -117,4 +87,4 @@ def output_meta(meta: VolumeMeta, axes: Sequence[Axis]) -> VolumeMeta:
     )
 
 
-__all__ = ["Reader", "Writer", "VolumeMeta", "open_reader", "create_writer", "format_of"]
+__all__ = ["PartialUnusable", "Reader", "Writer", "VolumeMeta", "open_reader", "create_writer", "format_of"]

@@ -7,7 +7,13 @@ two processes from writing the same output.
 
 An output may be a directory (a Zarr store): the partial is then a directory, removed as a tree, and
 the commit renames it onto the target; an existing target (`--overwrite`) is first renamed aside and
-removed only after the new one is in place, so the target is never half-written.
+removed only after the new one is in place, so the target is never half-written. Only a directory
+that is itself a store of the output's format is ever replaced: a folder of the user's at an output's
+path is refused, `--overwrite` or not.
+
+A run that is stopped (SIGTERM, Ctrl-C) keeps its partial and journal (`keep`); a later run without
+`--resume` that finds tiles in a partial refuses, offering `--resume` or `--overwrite`, so an
+interrupted run's work is never thrown away by accident.
 """
 
 from __future__ import annotations
@@ -20,10 +26,11 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError
+from ..errors import InputError, RunError
 
 PARTIAL_PREFIX = ".partial-"
 REPLACED_PREFIX = ".replaced-"
+STORE_MARKERS = ("zarr.json", ".zgroup", ".zarray")  # what makes a folder a Zarr store (ours to replace)
 
 
 def partial_path(target: Path) -> Path:
@@ -90,10 +97,77 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def disk_error(exc: OSError, path: Path) -> Exception:
+    """ENOSPC, EFBIG, EIO, ... as one line naming the file and the space left (a RunError: exit 1)."""
+    try:
+        free = shutil.disk_usage(Path(path).parent).free
+        room = f"; {free / (1 << 20):.1f} MiB free there"
+    except OSError:
+        room = ""
+    return RunError(f"cannot write: {exc.strerror or exc}{room}", source=str(path))
+
+
+def is_store(path: Path) -> bool:
+    return path.is_dir() and any((path / m).exists() for m in STORE_MARKERS)
+
+
+def check_target(target: Path, *, directory: bool, overwrite: bool, resume: bool = False) -> None:
+    """Refuse, before anything is computed, an output path the run may not write (the run checks again).
+
+    `directory`: the output format is a folder (a Zarr store).
+    """
+    target = Path(target)
+    if not target.parent.is_dir():
+        raise InputError("output directory does not exist", source=str(target.parent))
+    if os.path.lexists(target):
+        if target.is_dir() and not target.is_symlink():
+            if not directory:
+                raise InputError("is a folder; remove it yourself or choose another output file", source=str(target))
+            if not is_store(target):
+                raise InputError(
+                    "is a folder that is not a Zarr store; it is never replaced: remove it yourself or choose "
+                    "another output",
+                    source=str(target),
+                )
+        elif directory and target.exists():
+            raise InputError(
+                "is a file, not a Zarr store; remove it yourself or choose another output", source=str(target)
+            )
+        if not overwrite:
+            raise InputError("output exists; pass --overwrite to replace it", source=str(target))
+    kept = kept_tiles(target)
+    if kept and not resume and not overwrite:
+        raise InputError(
+            f"an interrupted run left {kept} finished tile(s) in {partial_path(target).name}; add --resume to "
+            "continue it, or --overwrite to start over",
+            source=str(target),
+        )
+
+
+def kept_tiles(target: Path) -> int:
+    """How many tiles a partial output's journal records as finished (0 without a usable partial)."""
+    if not os.path.lexists(partial_path(Path(target))):
+        return 0
+    try:
+        with open(journal_path(Path(target)), "rb") as f:
+            lines = f.read().split(b"\n")
+    except OSError:
+        return 0
+    return sum(len(line.split()) for line in lines[1:-1])
+
+
 class OutputTarget:
     """One output file being produced: partial data, journal, lock, final commit or clean-up."""
 
-    def __init__(self, target: Path, header: dict[str, Any], *, overwrite: bool = False, resume: bool = False) -> None:
+    def __init__(
+        self,
+        target: Path,
+        header: dict[str, Any],
+        *,
+        overwrite: bool = False,
+        resume: bool = False,
+        directory: bool = False,
+    ) -> None:
         self.target = Path(target)
         self.partial = partial_path(self.target)
         self.journal = journal_path(self.target)
@@ -101,10 +175,9 @@ class OutputTarget:
         self.resume = resume
         self.done: set[int] = set()
         self.resumed = False
-        if self.target.exists() and not overwrite:
-            raise InputError("output exists; pass --overwrite to replace it", source=str(self.target))
-        if not self.target.parent.is_dir():
-            raise InputError("output directory does not exist", source=str(self.target.parent))
+        self.overwrite = overwrite
+        self.notes: list[str] = []
+        check_target(self.target, directory=directory, overwrite=overwrite, resume=True)
         self._journal_fd: int | None = None
 
     def open(self) -> bool:
@@ -119,36 +192,69 @@ class OutputTarget:
             os.close(fd)
             raise InputError("another deconv3d process is writing this output", source=str(self.target)) from None
         self._journal_fd = fd
-        if self.resume and self.partial.exists():
+        if os.path.lexists(self.partial):
             header, done = _read_journal(fd)
-            if header is None:
-                pass  # no usable journal: start over
+            if not self.resume:
+                if done and not self.overwrite:
+                    self.release()
+                    raise InputError(
+                        f"an interrupted run left {len(done)} finished tile(s) in {self.partial.name}; add --resume "
+                        "to continue it, or --overwrite to start over",
+                        source=str(self.target),
+                    )
+            elif header is None or not done:
+                self.notes.append("the partial output had no finished tile: started over")
             elif header != self.header:
                 diff = sorted(k for k in set(header) | set(self.header) if header.get(k) != self.header.get(k))
                 self.release()
                 raise InputError(
-                    f"the partial output was made with another {', '.join(diff)}; run without --resume to start over",
+                    f"the partial output was made with another {', '.join(diff)}; use --overwrite instead of --resume "
+                    "to start over",
                     source=str(self.target),
                 )
             else:
                 self.done = done
                 self.resumed = True
                 return True
-        os.ftruncate(fd, 0)
-        os.lseek(fd, 0, os.SEEK_SET)
-        os.write(fd, (json.dumps(self.header, sort_keys=True) + "\n").encode())
-        os.fsync(fd)
-        remove(self.partial)
+        self._start_journal()
         return False
+
+    def _start_journal(self) -> None:
+        """A journal holding only the header, and no partial: a fresh start (a full disk leaves neither)."""
+        fd = self._journal_fd
+        assert fd is not None
+        try:
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+            os.write(fd, (json.dumps(self.header, sort_keys=True) + "\n").encode())
+            os.fsync(fd)
+        except OSError as exc:
+            self._remove_journal()
+            raise disk_error(exc, self.target) from None
+        remove(self.partial)
 
     def record(self, tiles: Iterable[int]) -> None:
         """Append finished tiles; call only after their data has been flushed to disk."""
         tiles = list(tiles)
         if not tiles or self._journal_fd is None:
             return
-        os.write(self._journal_fd, (" ".join(map(str, tiles)) + "\n").encode())
-        os.fsync(self._journal_fd)
+        try:
+            os.write(self._journal_fd, (" ".join(map(str, tiles)) + "\n").encode())
+            os.fsync(self._journal_fd)
+        except OSError as exc:
+            raise disk_error(exc, self.journal) from None
         self.done.update(tiles)
+
+    def restart(self, why: str) -> None:
+        """Start over after all (the partial could not be reopened for resume), noting why."""
+        self.notes.append(f"the partial output could not be resumed ({why}): started over")
+        self.done = set()
+        self.resumed = False
+        self._start_journal()
+
+    def keep(self) -> None:
+        """Leave the partial and its journal for `--resume` (a stopped run): only the lock is released."""
+        self.release()
 
     def commit(self) -> None:
         replace(self.partial, self.target)

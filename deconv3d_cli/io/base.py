@@ -13,6 +13,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from ..errors import InputError
+
 
 @dataclass
 class VolumeMeta:
@@ -32,7 +34,7 @@ def construct_writer(
 ) -> Any:
     """A writer from the one options dict the pipeline hands every format.
 
-    io.check_writer_options has already refused what the format cannot honour; here each writer takes
+    io.formats.check_output has already refused what the format cannot honour; here each writer takes
     the keywords its constructor names, and an option left unset (None) keeps the writer's default.
     """
     accepted = inspect.signature(cls).parameters
@@ -64,3 +66,8 @@ class Writer(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class PartialUnusable(InputError):
+    """A partial output that cannot be reopened for `--resume` (killed before its format's metadata was
+    durable, say): the run starts over instead, with a note."""

@@ -8,6 +8,7 @@ align_corners=False)`, and nearest equals `interpolate(mode="nearest")`, for any
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -72,3 +73,22 @@ def make_spec(name: str, scale: Any, channels: int = 1, data_format: str = "chan
         kernel=kernel,
         name=f"{key}_x{'x'.join(map(str, s))}",
     )
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A preset at a scale: the factory of its LayerSpec for an input's channel count (presets act on
+    each channel alone, so the layer is known only once the input is open)."""
+
+    name: str
+    scale: tuple[int, int, int]
+
+    def __call__(self, channels: int = 1, data_format: str = "channels_last") -> LayerSpec:
+        return make_spec(self.name, self.scale, channels, data_format)
+
+    @classmethod
+    def parse(cls, name: str, scale: Any = 2) -> Preset:
+        """Checked now, before any file is opened: an unknown name or a bad scale is refused here."""
+        factor = parse_scale(scale)
+        make_spec(name, factor)
+        return cls(name.lower(), factor)

@@ -1,0 +1,127 @@
+"""The one function that picks a runner: one output or many, here or on a cluster, for real or planned.
+
+The CLI describes what was asked (a `Request`) and calls `upsample`; every runner below starts from
+the same `job.prepare`, so a dry run, a local run, a batch and a cluster run make the same decisions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import Deconv3dError, InputError
+from ..layer.spec import LayerSpec
+from . import inputs
+from .batch import FileResult, Report, run_batch
+from .job import LayerSource, prepare
+from .options import Options
+
+
+@dataclass(frozen=True)
+class Batch:
+    """How many inputs become outputs (`-O OUTDIR`)."""
+
+    output_dir: Path
+    template: str = inputs.DEFAULT_TEMPLATE
+    output_format: str | None = None
+    shard: tuple[int, int] | None = None  # (I, N): part I of N
+    skip_existing: bool = False
+    fail_fast: bool = False
+
+
+@dataclass(frozen=True)
+class Request:
+    layer: LayerSource
+    inputs: Sequence[str]  # paths or quoted globs (expanded here for a batch)
+    options: Options
+    output: Path | None = None  # one input, one output (-o)
+    batch: Batch | None = None  # or many (-O)
+    listed: Sequence[str] = field(default_factory=tuple)  # more inputs, one per line (--from-list)
+    dry_run: bool = False
+    input_shape: str | None = None  # a virtual input for planning (with dry_run)
+
+
+def upsample(
+    request: Request,
+    on_file: Callable[[FileResult], None] | None = None,
+    error_line: Callable[[Deconv3dError], str] | None = None,
+    debug: bool = False,
+) -> dict[str, Any] | Report:
+    """Run (or plan) what `request` asks: a report for one output, or a batch `Report`."""
+    if request.batch is not None:
+        return _many(request, on_file, error_line, debug)
+    assert request.output is not None
+    source, output, opts = Path(request.inputs[0]), request.output, request.options
+    if request.input_shape is not None or (opts.cluster.scheduler and request.dry_run):
+        from .dask.runner import cluster_options
+        from .dask.sizing import dry_run
+
+        return dry_run(request.layer, source, output, cluster_options(opts), request.input_shape)
+    if opts.cluster.scheduler:
+        from .dask.runner import run_one
+
+        return run_one(request.layer, source, output, opts)
+    if request.dry_run:
+        job = prepare(request.layer, source, output, opts)
+        job.close()
+        return {**job.describe(), "status": "planned"}
+    from .local import run_job
+
+    return run_job(request.layer, source, output, opts)
+
+
+def batch_pairs(request: Request) -> list[Any]:
+    """The (input, output) pairs of a batch request; refused whole when two inputs would collide."""
+    batch = request.batch
+    assert batch is not None
+    if batch.output_dir.exists() and not batch.output_dir.is_dir():
+        raise InputError("is a file; -O takes a folder for the outputs", source=str(batch.output_dir))
+    found = inputs.expand_inputs(list(request.inputs), request.listed)
+    if batch.shard is not None:
+        found = inputs.shard(found, *batch.shard)
+    return inputs.plan_outputs(found, batch.output_dir, batch.template, _scale_of(request.layer), batch.output_format)
+
+
+def _many(
+    request: Request,
+    on_file: Callable[[FileResult], None] | None,
+    error_line: Callable[[Deconv3dError], str] | None,
+    debug: bool,
+) -> Report:
+    """Every input through one process and one engine per channel count (or through the cluster)."""
+    batch, opts = request.batch, request.options
+    assert batch is not None
+    pairs = batch_pairs(request)
+    if not request.dry_run:
+        batch.output_dir.mkdir(parents=True, exist_ok=True)
+    engines: dict[tuple, Any] = {}
+    runner = run_batch
+    if opts.cluster.scheduler:
+        from .dask.runner import batch_runner
+
+        runner = batch_runner(request.layer, opts)
+    from .engines import engine_for
+    from .local import execute
+
+    return runner(
+        pairs,
+        lambda pair: prepare(request.layer, pair.input, pair.output, opts),
+        lambda job: execute(job, engine_for(job, engines)),
+        lambda job: {**job.describe(), "status": "planned"},
+        lambda job: job.close(),
+        skip_existing=batch.skip_existing,
+        fail_fast=batch.fail_fast,
+        dry_run=request.dry_run,
+        on_file=on_file,
+        debug=debug,
+        error_line=error_line,
+    )
+
+
+def _scale_of(layer: LayerSource) -> Iterable[int] | None:
+    """The factor that names outputs (`{scale}`): a spec's strides, a preset's scale."""
+    if isinstance(layer, LayerSpec):
+        return layer.strides
+    return getattr(layer, "scale", None)

@@ -1,0 +1,67 @@
+"""The engine a job computes with, and the formulation policy: the one home of both decisions.
+
+An engine is built once per layer, channel count, device and precision and shared by every file of a
+run. For each output the formulation is settled once, by this precedence:
+
+1. the interrupted run's (the partial's journal), so a resumed output equals an uninterrupted one;
+2. the one the caller names (`--engine-path`, or an engine it fixed itself);
+3. the machine's recorded decision for this layer and slab size (engine/tuning.py), measured and
+   recorded the first time.
+
+The CPU thread count is the caller's (`--threads`) or the CPUs this process may use (resources.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..io.atomic import journal_header
+from .job import Job
+from .resources import usable_cpus
+
+JOURNAL = "journal"
+GIVEN = "given"
+
+
+def cpu_threads(job: Job) -> int:
+    return job.options.compute.threads or usable_cpus()
+
+
+def engine_for(job: Job, engines: dict[tuple, Any] | None = None) -> Any:
+    """The engine for this job's layer and channels (from `engines`, a run's cache, when it has one)."""
+    from ..engine import Engine
+
+    compute = job.options.compute
+    key = (job.spec.fingerprint(), job.channels, compute.device, compute.precision)
+    if engines is not None and key in engines:
+        return engines[key]
+    engine = Engine(job.spec, job.channels, compute.device, compute.precision)
+    if engines is not None:
+        engines[key] = engine
+    return engine
+
+
+def settle(job: Job, engine: Any) -> dict[str, Any]:
+    """Fix `engine`'s formulation and thread count for this output; returns what the journal records."""
+    import torch
+
+    if engine.device.type == "cpu":
+        threads = cpu_threads(job)
+        if torch.get_num_threads() != threads:
+            torch.set_num_threads(threads)
+    earlier = journal_header(job.output) if job.options.write.resume else None
+    requested = job.options.compute.engine_path
+    if earlier and earlier.get("engine_path") in engine.available_paths():
+        engine.force_path(earlier["engine_path"], JOURNAL)
+    elif requested != "auto":
+        engine.force_path(requested, GIVEN)
+    elif engine.forced is not None:  # an engine its caller fixed keeps its formulation
+        engine.path = engine.forced
+    else:
+        path = engine.choose_path(job.first_slab_shape())
+        engine.force_path(path, engine.path_source)
+    return {
+        "engine_path": engine.path,
+        "engine_path_source": engine.path_source,
+        "torch_threads": torch.get_num_threads(),
+    }

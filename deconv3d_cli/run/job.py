@@ -1,0 +1,324 @@
+"""One output's job: every decision about it made once, before any voxel is computed.
+
+`prepare` opens the input, works out the layer's channels, plans the tiles and the output's shape,
+dtype and geometry, and checks the output against the format's facts (io.formats) and the target's
+state (an existing file, a folder that is not ours, an interrupted run's partial). Every refusal a run
+would make happens here, so `--dry-run` refuses exactly what the run would refuse, before any engine
+or cluster starts. The local runner, the batch runner and the Dask runner all start from a `Job`:
+they open its writer through `Job.open_writer`, and build their report through `Job.result`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import io
+from ..errors import InputError
+from ..geometry import boundary
+from ..geometry.layout import Layout
+from ..geometry.tiling import Costs, Plan, PlanError, make_plan
+from ..io import formats
+from ..io.atomic import check_target, same_file
+from ..io.base import VolumeMeta
+from ..io.formats import FormatFacts
+from ..layer import regularizers
+from ..layer.spec import LayerSpec
+from .options import Options
+
+LayerSource = LayerSpec | Callable[[int], LayerSpec]  # a preset is a factory of the input's channel count
+
+
+def layer_channels(layer: LayerSource) -> int | None:
+    """The input channels a layer takes (its kernel's, or its spec's `in_channels`); None: any (presets)."""
+    if not isinstance(layer, LayerSpec):
+        return None
+    return int(layer.kernel.shape[4]) if layer.kernel is not None else layer.in_channels
+
+
+@dataclass
+class Job:
+    """Everything known about one output before any voxel is computed."""
+
+    spec: LayerSpec
+    input: Path
+    output: Path
+    reader: Any  # open while the job runs locally; None inside a Dask task (see open_input)
+    in_layout: Layout
+    out_layout: Layout
+    out_shape: tuple[int, ...]
+    out_dtype: np.dtype
+    plan: Plan
+    facts: FormatFacts  # the output format's
+    in_facts: FormatFacts
+    meta: VolumeMeta
+    options: Options
+    channels: int
+    out_scaling: tuple[float, float] | None = None  # (slope, intercept) an integer output is stored with
+    chunks: tuple[int, ...] | None = None  # a chunked output's chunks: the user's, or defaults dividing the tiles
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def out_format(self) -> str:
+        return self.facts.name
+
+    @property
+    def boundary(self) -> str:
+        return self.options.compute.boundary
+
+    @property
+    def output_bytes(self) -> int:
+        return int(np.prod(self.out_shape)) * self.out_dtype.itemsize
+
+    def header(self) -> dict[str, Any]:
+        """What must match for `--resume` to continue a partial output."""
+        st = self.input.stat()
+        return {
+            "input": str(self.input.resolve()),
+            "input_size": st.st_size,
+            "input_mtime_ns": st.st_mtime_ns,
+            "spec": self.spec.fingerprint(),
+            "out_shape": list(self.out_shape),
+            "out_dtype": self.out_dtype.str,
+            "out_scaling": None if self.out_scaling is None else list(self.out_scaling),
+            "tile_shape": list(self.plan.tile_shape),
+            "batch_step": self.plan.batch_step,
+            "boundary": self.boundary,
+            "dataset": [self.options.read.dataset, self.options.write.dataset],
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """The plan, as the dry run and the start of every report show it."""
+        plan = self.plan
+        shape = self.reader.shape if self.reader is not None else None
+        return {
+            "input": str(self.input),
+            "output": str(self.output),
+            "input_shape": None if shape is None else list(shape),
+            "input_dtype": None if self.reader is None else str(self.reader.dtype),
+            "output_shape": list(self.out_shape),
+            "output_dtype": str(self.out_dtype),
+            "layer": self.spec.describe(),
+            "boundary": self.boundary,
+            "tile_shape": list(plan.tile_shape),
+            "batch_per_tile": plan.batch_step,
+            "tile_grid": list(plan.grid),
+            "tiles": len(plan),
+            "halo": list(plan.halo),
+            "memory_estimate_bytes": plan.tile_bytes(),
+            "output_bytes": self.output_bytes,
+            "spacing_in": _floats(None if self.reader is None else self.reader.meta.spacing),
+            "spacing_out": _floats(self.meta.spacing),
+            "fourth_axis": getattr(self.reader, "fourth_axis_choice", None),
+        }
+
+    def open_input(self) -> Any:
+        """The input opened again (a Dask task opens its own reader)."""
+        return io.open_reader(self.input, self.options.read.dataset, **self.options.read.hints(self.channels))
+
+    def open_writer(self, path: Path, resume: bool) -> Any:
+        """The output's writer on `path` (the partial), fresh or reopened: the only call of io.create_writer."""
+        write = self.options.write
+        options = dict(write.writer_options)
+        if self.chunks is not None:
+            options["chunks"] = self.chunks
+        if self.out_scaling is not None:
+            options["scaling"] = self.out_scaling
+        return io.create_writer(
+            path,
+            self.facts.name,
+            self.out_shape,
+            self.out_dtype,
+            self.meta,
+            resume=resume,
+            dataset=write.dataset,
+            layout=self.out_layout,
+            **options,
+        )
+
+    def first_slab_shape(self) -> tuple[int, ...]:
+        """(N, C, D, H, W) of the plan's first input slab: what the formulation is chosen for."""
+        first = next(iter(self.plan.tiles()))
+        return (first.batch.stop - first.batch.start, self.channels, *(max(s.stop - s.start, 1) for s in first.src))
+
+    def weights(self) -> tuple[Any, Any]:
+        """The kernel and bias the run uses (drawn from the initializers when the spec has none)."""
+        if self.spec.kernel is not None:
+            return self.spec.kernel, self.spec.bias
+        return self.spec.materialise(self.channels)
+
+    def result(self, stats: dict[str, Any], activity: Any = None, complete: bool = True) -> dict[str, Any]:
+        """The report of a finished output: the plan, the run's `stats`, and the regularization values."""
+        kernel, bias = self.weights()
+        record = self.describe()
+        record.update(status="done", **stats)
+        record["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        record.update(regularizers.run_report(self.spec, kernel, bias, activity, self.plan.batch, complete))
+        return record
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+
+
+def _floats(values: Any) -> list[float] | None:
+    return None if values is None else [float(v) for v in values]
+
+
+def resolve_output_dtype(name: str, input_dtype: np.dtype) -> np.dtype:
+    key = (name or "float32").lower()
+    if key == "keep":
+        return np.dtype(input_dtype) if np.dtype(input_dtype).kind != "b" else np.dtype(np.uint8)
+    try:
+        dt = np.dtype(key)
+    except TypeError:
+        dt = None
+    if dt is None or dt.kind not in "fiu":
+        raise InputError(
+            f"{name!r}; use float32, float64, float16, keep or an integer type such as int16", param="output_dtype"
+        )
+    return dt
+
+
+def check_paths(input_path: Path, output_path: Path, options: Options) -> tuple[FormatFacts, FormatFacts]:
+    """The checks that need no file opened: formats, input == output, the target's state."""
+    out_facts = formats.facts_of(output_path)
+    in_facts = formats.facts_of(input_path)
+    if input_path.resolve() == output_path.resolve() or (output_path.exists() and same_file(input_path, output_path)):
+        raise InputError("output is the input file; choose another output path", source=str(output_path))
+    formats.check_input_dataset(in_facts, input_path, options.read.dataset)
+    write = options.write
+    check_target(output_path, directory=out_facts.directory, overwrite=write.overwrite, resume=write.resume)
+    return in_facts, out_facts
+
+
+def prepare(layer: LayerSource, input_path: Path, output_path: Path, options: Options, reader: Any = None) -> Job:
+    """Open the input and plan the output; refuse here whatever the run would refuse.
+
+    `reader` replaces opening `input_path` (a virtual input for `--dry-run --input-shape`).
+    """
+    started = time.perf_counter()
+    input_path, output_path = Path(input_path), Path(output_path)
+    in_facts, out_facts = check_paths(input_path, output_path, options)
+    if reader is None:
+        reader = io.open_reader(input_path, options.read.dataset, **options.read.hints(layer_channels(layer)))
+    opened = time.perf_counter()
+    try:
+        job = _plan(layer, input_path, output_path, options, reader, in_facts, out_facts)
+    except BaseException:
+        reader.close()
+        raise
+    job.timings.update(open=opened - started, plan=time.perf_counter() - opened)
+    return job
+
+
+def _plan(
+    layer: LayerSource,
+    input_path: Path,
+    output_path: Path,
+    options: Options,
+    reader: Any,
+    in_facts: FormatFacts,
+    out_facts: FormatFacts,
+) -> Job:
+    shape = tuple(reader.shape)
+    if len(shape) not in (3, 4, 5) or any(n < 1 for n in shape):
+        raise InputError(
+            f"shape {shape}: expected 3 (D, H, W), 4 (with channels) or 5 (with batch) positive lengths",
+            source=str(input_path),
+        )
+    # Formats with a fixed axis order (NIfTI: x, y, z, channels) say so; others follow the spec.
+    spec_format = layer.data_format if isinstance(layer, LayerSpec) else "channels_last"
+    layout = Layout(len(shape), getattr(reader, "data_format", None) or spec_format)
+    channels = layout.channels(shape)
+    spec = layer if isinstance(layer, LayerSpec) else layer(channels)
+    expected = layer_channels(spec)
+    if expected is not None and channels != expected:
+        raise InputError(
+            f"shape {shape} has {channels} channel(s) ({spec.data_format}) but the layer expects "
+            f"{expected}; check data_format in the spec",
+            source=str(input_path),
+        )
+    compute = options.compute
+    try:
+        axes = boundary.extend_axes(spec.axes(layout.spatial_shape(shape)), compute.boundary)
+    except ValueError as exc:
+        raise InputError(str(exc), param="boundary") from None
+    out_shape = layout.output_shape(shape, [ax.out for ax in axes], spec.filters)
+    out_layout = layout.output_layout(spec.filters)
+    out_dtype = resolve_output_dtype(options.write.dtype, reader.dtype)
+    formats.check_output(out_facts, output_path, out_dtype, options.write.writer_options, options.write.dataset)
+    plan = _make_plan(spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, options, out_facts)
+    meta = io.output_meta(reader.meta, axes)
+    job = Job(
+        spec, input_path, output_path, reader, layout, out_layout, out_shape, out_dtype, plan, out_facts, in_facts,
+        meta, options, channels,
+    )  # fmt: skip
+    job.chunks = options.write.chunks or aligned_chunks(job)
+    return job
+
+
+def aligned_chunks(job: Job) -> tuple[int, ...] | None:
+    """A chunked output's default chunks, each spatial one shrunk to divide the plan's tiles (None: the
+    format has no chunks). Tiles on chunk boundaries never share a chunk: no chunk is written twice,
+    and concurrent Dask tasks can write their tiles side by side."""
+    default = io.output_chunks(job.facts.name, job.out_shape, job.out_dtype, job.out_layout, {})
+    if default is None:
+        return None
+    chunks = list(default)
+    for a, t in zip(job.out_layout.spatial_axes, job.plan.tile_shape):
+        c = chunks[a]
+        if t % c:  # (a tile spanning the axis would do with a partial last chunk; a divisor is as good)
+            d = max(d for d in range(1, min(t, c) + 1) if t % d == 0)
+            chunks[a] = d if 4 * d >= min(t, c) else t  # a tiny divisor would make tiny chunks: one per tile
+    if job.out_layout.has_batch and job.plan.batch_step != 1:
+        chunks[0] = job.plan.batch_step if job.plan.batch_step < job.plan.batch else chunks[0]
+    return tuple(chunks)
+
+
+def _make_plan(
+    spec: LayerSpec,
+    reader: Any,
+    layout: Layout,
+    out_layout: Layout,
+    out_shape: tuple[int, ...],
+    out_dtype: np.dtype,
+    axes: Any,
+    channels: int,
+    options: Options,
+    facts: FormatFacts,
+) -> Plan:
+    """The tile plan: the same rule for every output format (so outputs in different formats hold the
+    same bytes), aligned to the chunks only when the user names them."""
+    compute = options.compute
+    costs = Costs(
+        in_item=reader.dtype.itemsize,
+        compute_item=8 if compute.precision == "fp64" else 4,
+        out_item=out_dtype.itemsize,
+        unfold=compute.precision == "fp64",
+    )
+    chunks = options.write.chunks
+    if chunks is not None and len(chunks) == len(out_shape):  # full-rank chunks: the spatial part
+        chunks = tuple(chunks[a] for a in out_layout.spatial_axes)
+    try:
+        return make_plan(
+            axes,
+            layout.batch(reader.shape),
+            channels,
+            spec.filters,
+            spec.kernel_size,
+            memory_limit=compute.memory_limit,
+            tile_shape=compute.tile,
+            chunks=chunks,
+            full_width=spec.mixes_width,
+            costs=costs,
+            slabs=True,
+            order=facts.order,
+        )
+    except PlanError as exc:
+        raise InputError(exc.message, param=exc.param) from None

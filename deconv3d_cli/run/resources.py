@@ -1,0 +1,63 @@
+"""What this process may use: CPUs (affinity and cgroup quota), so threads never oversubscribe an allocation.
+
+`os.cpu_count()` counts the machine's CPUs; under `taskset`, a SLURM allocation or a container's CPU
+quota the process may use far fewer, and a thread per machine CPU then fights itself.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+
+def cgroup_cpu_quota(proc: Path = Path("/proc"), sys_fs: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the process's cgroup (v2 `cpu.max`, v1 `cpu.cfs_quota_us`/`cfs_period_us`), or None."""
+    try:
+        lines = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.split(":", 2)
+        if len(parts) != 3:
+            continue
+        hierarchy, controllers, rel = parts
+        if hierarchy == "0" and controllers == "":  # v2
+            limit = _read(sys_fs / rel.lstrip("/") / "cpu.max") or _read(sys_fs / "cpu.max")
+            if limit:
+                quota, _, period = limit.partition(" ")
+                if quota != "max" and period:
+                    return _ratio(quota, period)
+        elif "cpu" in controllers.split(","):  # v1
+            for base in (sys_fs / "cpu,cpuacct", sys_fs / "cpu"):
+                quota, period = _read(base / rel.lstrip("/") / "cpu.cfs_quota_us"), _read(base / "cpu.cfs_period_us")
+                if quota and period and not quota.startswith("-"):
+                    return _ratio(quota, period)
+    return None
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask, capped by a cgroup CPU quota (rounded up)."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, math.ceil(quota)))
+    return max(1, count)
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _ratio(quota: str, period: str) -> float | None:
+    try:
+        q, p = float(quota), float(period)
+    except ValueError:
+        return None
+    return q / p if q > 0 and p > 0 else None
