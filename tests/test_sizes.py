@@ -167,7 +167,10 @@ def test_cgroup_v1_limit_and_its_unlimited_value(tmp_path):
     proc, sys = fake_system(
         tmp_path,
         "12:pids:/x\n4:memory:/process_api/abc\n0::/\n",
-        {"memory/process_api/abc/memory.limit_in_bytes": str(800 * MIB), "memory/memory.limit_in_bytes": "9223372036854771712"},
+        {
+            "memory/process_api/abc/memory.limit_in_bytes": str(800 * MIB),
+            "memory/memory.limit_in_bytes": "9223372036854771712",
+        },
     )
     limits = cgroup_memory_limits(proc, sys)
     assert [(m.source.split()[1], m.limit) for m in limits] == [("v1", 800 * MIB)]
