@@ -393,6 +393,8 @@ def test_preview_refuses_the_output_and_what_lies_inside_a_store(tmp_path):
     store.mkdir()
     with pytest.raises(InputError, match="is the output"):
         preview.check_preview_target(store / "p.png", src, store, overwrite=True)
+    with pytest.raises(InputError, match="is the output"):
+        preview.check_preview_target(store, src, store, overwrite=True)
     with pytest.raises(InputError, match="is a directory"):
         preview.check_preview_target(tmp_path, src, out, overwrite=True)
     with pytest.raises(InputError, match="preview directory does not exist"):
@@ -466,3 +468,20 @@ def test_subprocess_inspect_preview_onto_the_scan_is_one_line_exit_2(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().count("\n") == 0 and "is the input of this command" in done.stderr
     assert scan.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["scan.nii.gz"]
+
+
+def test_zarr_output_preview_reads_its_ngff_unit(tmp_path):
+    pytest.importorskip("zarr")
+    pytest.importorskip("deconv3d_cli.io.hdf5")
+    png = tmp_path / "z.png"
+    r = run("upsample", SAMPLE / "phantom.h5", "-o", tmp_path / "up.zarr", "--spec", SPEC, "--preview", png)
+    assert r.exit_code == 0, r.output
+    vols = _volumes(SAMPLE / "phantom.h5", tmp_path / "up.zarr")
+    assert [v.units for v in vols] == ["um", "um"] and not vols[1].anatomical
+    sheet = preview.plan(vols, "title")
+    assert Image.open(png).size == (sheet.width, sheet.height)
+    by = _boxes(sheet)
+    for name in ("axis 0", "axis 1", "axis 2"):
+        a, b = by[(0, name)], by[(1, name)]
+        assert (a[2] - a[0], a[3] - a[1]) == (b[2] - b[0], b[3] - b[1])
+    assert "voxel 500 x 600 x 550 um" in sheet.strings("row")[1]

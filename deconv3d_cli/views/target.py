@@ -51,8 +51,6 @@ def check_target(png: Path | str, protected: Mapping[str, Path | str] | None = N
     """
     png = Path(png)
     src = str(png)
-    if png.is_dir():
-        raise InputError(f"is a directory; give the preview a file name, e.g. {png / 'preview.png'}", source=src)
     for role, path in (protected or {}).items():
         path = Path(path)
         if same_file(png, path) or _inside(png, path):
@@ -61,6 +59,8 @@ def check_target(png: Path | str, protected: Mapping[str, Path | str] | None = N
                 f"give the preview its own name, e.g. {suggested_name(path)}",
                 source=src,
             )
+    if png.is_dir():
+        raise InputError(f"is a directory; give the preview a file name, e.g. {png / 'preview.png'}", source=src)
     if not png.parent.is_dir():
         raise InputError("preview directory does not exist; create it or choose another path", source=str(png.parent))
     if os.path.lexists(png):
