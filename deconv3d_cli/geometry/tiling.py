@@ -14,6 +14,7 @@ from itertools import product
 from typing import Protocol
 
 from .axis import SlabRange
+from .sizes import format_bytes, parse_bytes  # noqa: F401 - re-exported: their home is sizes.py
 
 
 class PlanError(ValueError):
@@ -283,43 +284,3 @@ def _auto_plan(
         half = -(-shape[pick] // 2)
         shape[pick] = max(units[pick], -(-half // units[pick]) * units[pick])
     return Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]
-
-
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 1000,
-    "kb": 1000,
-    "kib": 1024,
-    "m": 1000**2,
-    "mb": 1000**2,
-    "mib": 1024**2,
-    "g": 1000**3,
-    "gb": 1000**3,
-    "gib": 1024**3,
-    "t": 1000**4,
-    "tb": 1000**4,
-    "tib": 1024**4,
-}
-
-
-def parse_bytes(text: str) -> int:
-    """'1GiB', '512MB', '256m', '1e9' -> bytes (binary units are powers of 1024)."""
-    s = str(text).strip().lower().replace(" ", "")
-    num = s.rstrip("abcdefghijklmnopqrstuvwxyz")
-    unit = s[len(num) :]
-    if unit not in _UNITS or not num:
-        raise ValueError(f"{text!r} is not a size; use e.g. 512MiB, 2GiB or 1000000000")
-    value = float(num) * _UNITS[unit]
-    # Also refuses what rounds down to 0 bytes ('0.1') and what overflows to infinity ('1e999').
-    if not math.isfinite(value) or value < 1:
-        raise ValueError(f"{text!r} must be a finite size of at least 1 byte")
-    return int(value)
-
-
-def format_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
