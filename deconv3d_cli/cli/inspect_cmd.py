@@ -22,8 +22,11 @@ from .main import CONTEXT, emit_json, main
     show_default=True,
     help="How to read a 4-D NIfTI's 4th axis.",
 )
+@click.option("--overwrite", "--force", "-f", "overwrite", is_flag=True, help="Replace an existing preview PNG.")
 @params.debug_option
-def inspect_cmd(file: Path, dataset: str | None, as_json: bool, preview_png: Path | None, fourth_axis: str) -> None:
+def inspect_cmd(
+    file: Path, dataset: str | None, as_json: bool, preview_png: Path | None, fourth_axis: str, overwrite: bool
+) -> None:
     """Describe FILE: format, shape, layout, dtype, spacing, orientation, affine, chunks, sizes.
 
     \b
@@ -31,14 +34,18 @@ def inspect_cmd(file: Path, dataset: str | None, as_json: bool, preview_png: Pat
       deconv3d inspect sample_data/phantom.nii.gz --preview phantom.png
     """
     from ..views.describe import describe, format_text
+    from ..views.preview import check_preview_target, preview_file
 
+    if preview_png is not None:  # refused before anything is read or printed
+        check_preview_target(preview_png, file, overwrite=overwrite)
     info = describe(file, dataset, fourth_axis=fourth_axis.lower())
     if as_json:
         emit_json(info, 0)
     else:
         click.echo(format_text(info))
     if preview_png is not None:
-        from ..views.preview import preview_file
-
-        preview_file(file, preview_png, dataset, fourth_axis=fourth_axis.lower(), data_format=info["data_format"])
+        preview_file(
+            file, preview_png, dataset, fourth_axis=fourth_axis.lower(), data_format=info["data_format"],
+            overwrite=overwrite,
+        )  # fmt: skip
         click.echo(f"deconv3d: preview written to {preview_png}", err=True)

@@ -26,11 +26,12 @@ def tile(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
     return tuple(nums)  # type: ignore[return-value]
 
 
-def memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    from ..geometry.tiling import parse_bytes
+def memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
+    """A size; none given: the default budget (1 GiB, or a share of the cgroup/SLURM limit)."""
+    from ..geometry.sizes import default_memory_limit, parse_bytes
 
     if value is None:
-        return None
+        return default_memory_limit()
     try:
         return parse_bytes(value)
     except ValueError as exc:

@@ -22,7 +22,7 @@ from .main import CONTEXT, emit_json, error_line, main
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
 @click.option("--precision", type=click.Choice(["fp32", "fp64", "bf16", "fp16"], case_sensitive=False),
               default="fp32", show_default=True)  # fmt: skip
-@click.option("--memory-limit", default="1GiB", show_default=True, callback=params.memory, help="As for upsample.")
+@click.option("--memory-limit", callback=params.memory, help="As for upsample.")
 @click.option("--tile", callback=params.tile, help="As for upsample.")
 @click.option("--output-format", default="npy", show_default=True, help="The output format the runs will write.")
 @click.option("--json", "as_json", is_flag=True, help="Print the decisions as JSON.")

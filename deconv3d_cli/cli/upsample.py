@@ -43,8 +43,9 @@ OPTIONS = [
     click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
     click.option("--precision", type=click.Choice(["fp32", "fp64", "bf16", "fp16"], case_sensitive=False),
                  default="fp32", show_default=True, help="Compute precision."),
-    click.option("--memory-limit", default="1GiB", show_default=True, callback=params.memory,
-                 help="Memory budget for tiles (K/M/G/T or KiB/MiB/GiB/TiB: powers of 1024; KB/MB/GB: of 1000)."),
+    click.option("--memory-limit", callback=params.memory,
+                 help="Memory budget for tiles: K/M/G/T (or KiB..TiB) are powers of 1024 as in SLURM, KB/MB/GB/TB "
+                 "powers of 1000.  [default: 1GiB, or a quarter of the cgroup/SLURM memory limit when smaller]"),
     click.option("--tile", callback=params.tile,
                  help="Output tile D,H,W in voxels (default: sized from the budget)."),
     click.option("--dataset", help="HDF5/Zarr input dataset path (automatic when the file holds one)."),
@@ -105,9 +106,17 @@ def upsample(ctx: click.Context, **p: Any) -> None:
     (the same with --resume; a batch with --skip-existing --resume).
     """
     from ..run import dispatch
+    from ..run.resources import preload_torch, process_age
 
+    startup = process_age()
     _check_usage(p)
+    if not p["dry_run"] or p["scheduler"] or p["input_shape"]:
+        preload_torch()
     request = _request(p)
+    if p["preview_png"] is not None:  # refused before the run, not after it
+        from ..views.preview import check_preview_target
+
+        check_preview_target(p["preview_png"], request.inputs[0], request.output, overwrite=p["overwrite"])
     debug = bool((ctx.find_root().obj or {}).get("debug"))
     if request.batch is not None:
         report = dispatch.upsample(request, file_printer(p["quiet"], p["verbose"]), error_line, debug)
@@ -118,6 +127,8 @@ def upsample(ctx: click.Context, **p: Any) -> None:
         ctx.exit(report.exit_code)  # type: ignore[union-attr]
     result = dispatch.upsample(request, error_line=error_line, debug=debug)
     assert isinstance(result, dict)
+    if startup is not None and "timings" in result:
+        result["timings"] = {"startup": round(startup, 4), **result["timings"]}
     if p["as_json"]:
         emit_json(result, 0)
     elif not p["quiet"]:
@@ -210,7 +221,8 @@ def _preview(request: Any, p: dict[str, Any]) -> None:
         filters, data_format = layer.filters, layer.data_format
     try:
         preview_upsample(Path(request.inputs[0]), request.output, p["preview_png"], p["dataset"], p["output_dataset"],
-                         p["fourth_axis"].lower(), in_channels, filters, data_format)  # fmt: skip
+                         p["fourth_axis"].lower(), in_channels, filters, data_format,
+                         overwrite=p["overwrite"])  # fmt: skip
     except Deconv3dError as exc:
         raise RunError(f"the output was written, but the preview failed: {error_line(exc)}") from None
     click.echo(f"deconv3d: preview written to {p['preview_png']}", err=True)

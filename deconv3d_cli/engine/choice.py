@@ -28,7 +28,9 @@ CONFIRM_LIMIT = 1 << 25  # output elements up to which the best paths are re-tim
 
 
 def choose(engine: Engine, x: torch.Tensor | Sequence[int]) -> tuple[str, str]:
-    """(formulation, source) for slabs shaped like `x`."""
+    """(formulation, source) for slabs like `x` (a tensor, an array, or a shape)."""
+    if hasattr(x, "shape") and not isinstance(x, torch.Tensor):
+        x = engine.to_tensor(x)
     shape = tuple(int(n) for n in (x.shape if isinstance(x, torch.Tensor) else x))
     if engine.separable:
         return SEPARABLE, tuning.EVIDENT
