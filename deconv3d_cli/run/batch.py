@@ -39,6 +39,7 @@ class FileResult:
     status: str  # done | skipped | failed | planned | stopped | not_run
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    code: int = 0  # a failure's exit status: 2 for an input or usage error, 1 for a failed run
 
     def as_json(self) -> dict[str, Any]:
         d = self.details
@@ -66,6 +67,8 @@ class Report:
 
     @property
     def exit_code(self) -> int:
+        """0 when every file is done or skipped, else 1 (DESIGN.md: "1 a run failed, or some files of a
+        batch"); each file's own cause and status (2: input, 1: run) are in its entry."""
         return 1 if any(f.status in ("failed", "not_run", "stopped") for f in self.files) else 0
 
     def as_json(self) -> dict[str, Any]:
@@ -87,6 +90,10 @@ class Report:
     def not_run(self, pairs: Sequence[FilePair], why: str) -> None:
         for rest in pairs:
             self.add(FileResult(str(rest.input), str(rest.output), "not_run", why), announce=False)
+
+
+def exit_code(exc: BaseException) -> int:
+    return int(getattr(exc, "exit_code", 1)) if isinstance(exc, Deconv3dError) else 1
 
 
 def error_text(exc: BaseException, line: Callable[[Deconv3dError], str] | None = None) -> str:
@@ -163,6 +170,7 @@ def run_batch(
             if prep is not None:
                 close(prep)
             result.error = error_text(exc, error_line)
+            result.code = exit_code(exc)
             if debug:
                 import traceback
 

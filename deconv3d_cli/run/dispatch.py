@@ -72,13 +72,15 @@ def upsample(
     return run_job(request.layer, source, output, opts)
 
 
-def batch_pairs(request: Request) -> list[Any]:
-    """The (input, output) pairs of a batch request; refused whole when two inputs would collide."""
+def batch_pairs(request: Request, folders: list[Path] | None = None) -> list[Any]:
+    """The (input, output) pairs of a batch request; refused whole when two inputs would collide.
+
+    Folders a glob matched (not volumes) go to `folders`, to be reported as skipped."""
     batch = request.batch
     assert batch is not None
     if batch.output_dir.exists() and not batch.output_dir.is_dir():
         raise InputError("is a file; -O takes a folder for the outputs", source=str(batch.output_dir))
-    found = inputs.expand_inputs(list(request.inputs), request.listed)
+    found = inputs.expand_inputs(list(request.inputs), request.listed, folders)
     if batch.shard is not None:
         found = inputs.shard(found, *batch.shard)
     return inputs.plan_outputs(found, batch.output_dir, batch.template, _scale_of(request.layer), batch.output_format)
@@ -93,7 +95,11 @@ def _many(
     """Every input through one process and one engine per channel count (or through the cluster)."""
     batch, opts = request.batch, request.options
     assert batch is not None
-    pairs = batch_pairs(request)
+    folders: list[Path] = []
+    pairs = batch_pairs(request, folders)
+    for folder in folders:
+        if on_file is not None:
+            on_file(FileResult(str(folder), None, "skipped", "a folder, not a volume file"))
     if not request.dry_run:
         batch.output_dir.mkdir(parents=True, exist_ok=True)
     engines: dict[tuple, Any] = {}
@@ -105,7 +111,7 @@ def _many(
     from .engines import engine_for
     from .local import execute
 
-    return runner(
+    report = runner(
         pairs,
         lambda pair: prepare(request.layer, pair.input, pair.output, opts),
         lambda job: execute(job, engine_for(job, engines)),
@@ -118,6 +124,8 @@ def _many(
         debug=debug,
         error_line=error_line,
     )
+    report.files[:0] = [FileResult(str(f), None, "skipped", "a folder, not a volume file") for f in folders]
+    return report
 
 
 def _scale_of(layer: LayerSource) -> Iterable[int] | None:

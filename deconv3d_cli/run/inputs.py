@@ -28,11 +28,14 @@ def split_name(path: Path) -> tuple[str, str]:
     return path.stem, path.suffix
 
 
-def expand_inputs(patterns: Sequence[str], from_list: TextIO | None = None) -> list[Path]:
+def expand_inputs(
+    patterns: Sequence[str], from_list: Iterable[str] | TextIO | None = None, folders: list[Path] | None = None
+) -> list[Path]:
     """Paths from arguments (quoted globs expanded here, `**` recursive) and from a list, deduplicated.
 
-    A pattern that matches nothing is kept as given, so that it fails as a missing file in the report
-    rather than vanishing silently.
+    A pattern that matches nothing is refused (rather than vanishing silently); a folder a glob matches
+    that is not a store (a `.zarr`) is left out and, when `folders` is given, appended to it so that
+    the report can say it was skipped.
     """
     items: list[str] = []
     for pattern in patterns:
@@ -40,7 +43,12 @@ def expand_inputs(patterns: Sequence[str], from_list: TextIO | None = None) -> l
             matches = sorted(glob.glob(pattern, recursive=True))
             if not matches:
                 raise InputError("matched no files", source=pattern)
-            items.extend(matches)
+            for match in matches:
+                if os.path.isdir(match) and not match.rstrip("/").lower().endswith(".zarr"):
+                    if folders is not None:
+                        folders.append(Path(match))
+                    continue
+                items.append(match)
         else:
             items.append(pattern)
     if from_list is not None:
@@ -87,7 +95,7 @@ def output_name(
         "name": path.name,
         "ext": ext or in_ext,
         "scale": "x".join(str(s) for s in scale) if scale and len(set(scale)) > 1 else str((scale or [1])[0]),
-        "parent": path.resolve().parent.name,
+        "parent": Path(os.path.abspath(path)).parent.name,  # as given: a symlink's own folder (DataLad, annex)
         "index": index,
     }
     try:
@@ -118,7 +126,9 @@ def plan_outputs(
         formats.facts_of(out)
         if out in seen:
             raise SpecError(
-                f"{seen[out]} and {path} would both be written to {out}; add {{parent}} or {{index}} to it",
+                f"{seen[out]} and {path} would both be written to {out}; add "
+                + ("{index}" if "{parent}" in template else "{parent} or {index}")
+                + " to it",
                 param="name_template",
             )
         seen[out] = path

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ...errors import Deconv3dError, RunError
-from ..batch import FAILURES, FilePair, FileResult, Report, error_text, skipped
+from ..batch import FAILURES, FilePair, FileResult, Report, error_text, exit_code, skipped
 from ..job import Job, LayerSource, prepare
 from ..options import Options
 from . import tasks
@@ -131,13 +131,15 @@ class _Many:
         self.failed = False
 
     def note(self, pair: FilePair, status: str, error: BaseException | str | None = None, details: Any = None):
+        code = 0
         if isinstance(error, BaseException):
             if self.debug:
                 import traceback
 
                 traceback.print_exception(error, file=sys.stderr)
+            code = exit_code(error)
             error = error_text(error)
-        self.report.add(FileResult(str(pair.input), str(pair.output), status, error, details or {}))
+        self.report.add(FileResult(str(pair.input), str(pair.output), status, error, details or {}, code))
 
     def submit(self, fut: Any, pair: FilePair, out: TileOutput | None) -> None:
         self.in_flight[fut.key] = (fut, pair, out)
