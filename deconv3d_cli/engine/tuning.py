@@ -114,7 +114,7 @@ def _read(path: Path, key: Mapping[str, Any]) -> str | None:
     try:
         with open(path) as f:
             entry = json.load(f)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     except (OSError, ValueError) as exc:
         _warn(f"ignoring the unreadable tuning entry {path} ({exc})")
