@@ -123,7 +123,6 @@ def plan_outputs(
     for index, path in enumerate(inputs):
         name = output_name(path, template, scale, ext, index)
         out = outdir / name
-        formats.facts_of(out)
         if out in seen:
             raise SpecError(
                 f"{seen[out]} and {path} would both be written to {out}; add "

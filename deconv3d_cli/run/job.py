@@ -170,7 +170,7 @@ def _floats(values: Any) -> list[float] | None:
     return None if values is None else [float(v) for v in values]
 
 
-def resolve_output_dtype(name: str, input_dtype: np.dtype) -> np.dtype:
+def resolve_output_dtype(name: str, input_dtype: np.dtype, target: Path | None = None) -> np.dtype:
     key = (name or "float32").lower()
     if key == "keep":
         return np.dtype(input_dtype) if np.dtype(input_dtype).kind != "b" else np.dtype(np.uint8)
@@ -180,15 +180,17 @@ def resolve_output_dtype(name: str, input_dtype: np.dtype) -> np.dtype:
         dt = None
     if dt is None or dt.kind not in "fiu":
         raise InputError(
-            f"{name!r}; use float32, float64, float16, keep or an integer type such as int16", param="output_dtype"
+            f"{name!r}; use float32, float64, float16, keep or an integer type such as int16",
+            source=None if target is None else str(target),
+            param="output_dtype",
         )
     return dt
 
 
 def check_paths(input_path: Path, output_path: Path, options: Options) -> tuple[FormatFacts, FormatFacts]:
     """The checks that need no file opened: formats, input == output, the target's state."""
+    in_facts = formats.facts_of(input_path)  # the input first: a batch's stray file is named as given
     out_facts = formats.facts_of(output_path)
-    in_facts = formats.facts_of(input_path)
     if input_path.resolve() == output_path.resolve() or (output_path.exists() and same_file(input_path, output_path)):
         raise InputError("output is the input file; choose another output path", source=str(output_path))
     formats.check_input_dataset(in_facts, input_path, options.read.dataset)
@@ -251,7 +253,7 @@ def _plan(
         raise InputError(str(exc), param="boundary") from None
     out_shape = layout.output_shape(shape, [ax.out for ax in axes], spec.filters)
     out_layout = layout.output_layout(spec.filters)
-    out_dtype = resolve_output_dtype(options.write.dtype, reader.dtype)
+    out_dtype = resolve_output_dtype(options.write.dtype, reader.dtype, output_path)
     formats.check_output(out_facts, output_path, out_dtype, options.write.writer_options, options.write.dataset)
     plan = _make_plan(spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, options, out_facts)
     meta = io.output_meta(reader.meta, axes)
