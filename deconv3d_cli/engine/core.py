@@ -166,6 +166,7 @@ class Engine:
 
     def _phase_window(self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
         s = self.spec
+        path = self.path or ""
         if self._pweight is None:
             self._pweight = paths.phase_weight(self.weight, s.strides)
         bias = None if self.bias is None else self.bias.view(-1)
@@ -177,10 +178,10 @@ class Engine:
             s.filters,
             offsets,
             sizes,
-            cl=self.path.endswith("_cl"),
+            cl=path.endswith("_cl"),
             cl_out=self.channels_last_out,
             fill=self._bias_only,
-            dnn="_dnn" in self.path,
+            dnn="_dnn" in path,
         )
 
     def choose_path(self, x: torch.Tensor | Sequence[int]) -> str:
@@ -192,9 +193,8 @@ class Engine:
     def full(self, x: torch.Tensor) -> torch.Tensor:
         """The uncropped transposed convolution of slab `x`, bias added (extra trailing positions: bias only)."""
         with torch.inference_mode():
-            if self.forced is None:
-                self.choose_path(x)
-            return self._run(self.path, x)
+            path = self.forced or self.choose_path(x)
+            return self._run(path, x)
 
     @property
     def out_numpy_dtype(self) -> np.dtype:
@@ -320,7 +320,8 @@ def _window(full: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]
     """full[..., o:o+n] per axis; where the window runs outside `full`, `fill(shape)`'s values."""
     lengths = full.shape[2:]
     if all(o >= 0 and o + n <= L for o, n, L in zip(offsets, sizes, lengths)):
-        return full[(..., *(slice(o, o + n) for o, n in zip(offsets, sizes)))]
+        inside: tuple[Any, ...] = (..., *(slice(o, o + n) for o, n in zip(offsets, sizes)))
+        return full[inside]
     out = fill((*full.shape[:2], *sizes))
     src, dst = [], []
     for o, n, L in zip(offsets, sizes, lengths):
@@ -329,7 +330,9 @@ def _window(full: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]
             return out
         src.append(slice(lo, hi))
         dst.append(slice(lo - o, hi - o))
-    out[(..., *dst)] = full[(..., *src)]
+    source: tuple[Any, ...] = (..., *src)
+    target: tuple[Any, ...] = (..., *dst)
+    out[target] = full[source]
     return out
 
 

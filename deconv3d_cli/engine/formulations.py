@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from itertools import product
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -227,7 +228,9 @@ def phase_window(
             src.append(slice(q0 - rows[a][0], q0 - rows[a][0] + count))
             dst.append(slice(o0, o0 + (count - 1) * s[a] + 1, s[a]))
         else:
-            out[(slice(None), slice(None), *dst)] = phases[(slice(None), slice(None), *r, *src)]
+            index: tuple[Any, ...] = (slice(None), slice(None), *r, *src)
+            target: tuple[Any, ...] = (slice(None), slice(None), *dst)
+            out[target] = phases[index]
     return out
 
 
@@ -260,4 +263,4 @@ def fastest(candidates: dict[str, Callable[[], torch.Tensor]], repeats: int = 3)
             t = time.perf_counter()
             fn()
             timings[name] = min(timings[name], time.perf_counter() - t)
-    return min(timings, key=timings.get), timings
+    return min(timings, key=timings.__getitem__), timings

@@ -177,8 +177,9 @@ def axes_for(
 ) -> tuple[Axis, Axis, Axis]:
     """The three spatial axes; `padding` is 'valid', 'same', or torch's per-axis crops [p_d, p_h, p_w]."""
     ops = output_padding if output_padding is not None else (None, None, None)
+    pads: tuple[int, ...] = (0, 0, 0)
     if isinstance(padding, str):
-        mode, pads = padding, (0, 0, 0)
+        mode = padding
     else:
         mode, pads = EXPLICIT, tuple(int(p) for p in padding)
     return tuple(  # type: ignore[return-value]

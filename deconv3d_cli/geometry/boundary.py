@@ -36,8 +36,10 @@ def extend_axes(axes: Sequence[Axis], mode: str) -> tuple[Axis, ...]:
     return tuple(axes) if mode == "zeros" else tuple(ax.extended() for ax in axes)
 
 
-def read_slab(read: Any, layout: Layout, src: Sequence[slice], batch: slice, axes: Sequence[Axis], mode: str) -> Any:
-    """Read the (extended) rows `src` through `read(index)`; only border slabs pay for a gather."""
+def read_slab(read: Any, layout: Layout, src: Sequence[slice], batch: slice, axes: Sequence[Any], mode: str) -> Any:
+    """Read the (extended) rows `src` through `read(index)`; only border slabs pay for a gather.
+
+    `axes`: the plan's (any PlanAxis: `length`, `pad_lo` and `pad_hi` are what is read here)."""
     if all(ax.pad_lo == 0 and ax.pad_hi == 0 for ax in axes):
         return read(layout.region(src, batch))
     maps = [source_rows(s.start, s.stop, ax.pad_lo, ax.length, mode) for s, ax in zip(src, axes)]

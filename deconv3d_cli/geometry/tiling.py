@@ -76,7 +76,8 @@ class Tile:
 
     @property
     def sizes(self) -> tuple[int, int, int]:
-        return tuple(s.stop - s.start for s in self.out)  # type: ignore[return-value]
+        d, h, w = (s.stop - s.start for s in self.out)
+        return d, h, w
 
     @property
     def voxels(self) -> int:
@@ -137,7 +138,10 @@ class Plan:
                 out.append(slice(a, stop))
                 src.append(slice(r.lo, r.hi))
                 offsets.append(r.offset)
-            yield Tile(index, slice(b, min(b + self.batch_step, self.batch)), tuple(out), tuple(src), tuple(offsets))
+            batch = slice(b, min(b + self.batch_step, self.batch))
+            yield Tile(
+                index, batch, (out[0], out[1], out[2]), (src[0], src[1], src[2]), (offsets[0], offsets[1], offsets[2])
+            )
 
     def tile_bytes(self, tile_shape: Sequence[int] | None = None, batch_step: int | None = None) -> int:
         """Peak bytes of one tile in flight plus the pipeline's queued buffers.

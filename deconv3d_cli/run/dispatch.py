@@ -6,7 +6,7 @@ the same `job.prepare`, so a dry run, a local run, a batch and a cluster run mak
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,7 @@ def _many(
     return report
 
 
-def _scale_of(layer: LayerSource) -> Iterable[int] | None:
+def _scale_of(layer: LayerSource) -> Sequence[int] | None:
     """The factor that names outputs (`{scale}`): a spec's strides, a preset's scale."""
     if isinstance(layer, LayerSpec):
         return layer.strides

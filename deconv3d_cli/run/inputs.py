@@ -119,7 +119,8 @@ def plan_outputs(
 ) -> list[FilePair]:
     """Output path per input; two inputs that would write the same output are refused up front."""
     ext = formats.extension_for(output_format) if output_format else None
-    jobs, seen = [], {}
+    jobs: list[FilePair] = []
+    seen: dict[Path, Path] = {}
     for index, path in enumerate(inputs):
         name = output_name(path, template, scale, ext, index)
         out = outdir / name

@@ -304,7 +304,7 @@ def _make_plan(
         out_item=out_dtype.itemsize,
         unfold=compute.precision == "fp64",
     )
-    chunks = options.write.chunks
+    chunks: tuple[int, ...] | None = options.write.chunks
     if chunks is not None and len(chunks) == len(out_shape):  # full-rank chunks: the spatial part
         chunks = tuple(chunks[a] for a in out_layout.spatial_axes)
     try:

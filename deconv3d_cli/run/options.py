@@ -35,7 +35,7 @@ class WriteOptions:
     overwrite: bool = False
     resume: bool = False
     compression_level: int | None = None
-    chunks: Triple | None = None
+    chunks: tuple[int, ...] | None = None  # spatial (D, H, W), or one per axis of the output
     zarr_format: int | None = None
     checkpoint_every: float = 2.0  # seconds between making finished tiles durable for --resume
 

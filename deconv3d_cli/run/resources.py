@@ -30,9 +30,9 @@ def cgroup_cpu_quota(proc: Path = Path("/proc"), sys_fs: Path = Path("/sys/fs/cg
                     return _ratio(quota, period)
         elif "cpu" in controllers.split(","):  # v1
             for base in (sys_fs / "cpu,cpuacct", sys_fs / "cpu"):
-                quota, period = _read(base / rel.lstrip("/") / "cpu.cfs_quota_us"), _read(base / "cpu.cfs_period_us")
-                if quota and period and not quota.startswith("-"):
-                    return _ratio(quota, period)
+                q, p = _read(base / rel.lstrip("/") / "cpu.cfs_quota_us"), _read(base / "cpu.cfs_period_us")
+                if q and p and not q.startswith("-"):
+                    return _ratio(q, p)
     return None
 
 

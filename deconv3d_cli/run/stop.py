@@ -33,7 +33,7 @@ class Interrupted(BaseException):
 
     @property
     def exit_code(self) -> int:
-        return EXIT_CODES.get(self.signum, 128 + int(self.signum))
+        return {int(k): v for k, v in EXIT_CODES.items()}.get(int(self.signum), 128 + int(self.signum))
 
 
 class _Stop:

@@ -180,10 +180,10 @@ class _Many:
                     self.finish(pair, out)
             if len(self.in_flight) >= self.window:
                 return
-            pair = next(queue, None)
-            if pair is None:
+            upcoming: FilePair | None = next(queue, None)
+            if upcoming is None:
                 return
-            self.start(pair, prepare_one)
+            self.start(upcoming, prepare_one)
 
     def take(self) -> None:
         fut = next(self.ac)

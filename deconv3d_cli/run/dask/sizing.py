@@ -96,7 +96,8 @@ def measure_tile(job: Job, repeats: int = 2) -> dict[str, Any]:
         shape = (first.batch.stop - first.batch.start, job.channels, *(max(s) for s in slabs))
         slab = np.random.default_rng(0).standard_normal(shape, dtype=np.float32)
         offsets = [ax.input_range(0, n).offset for ax, n in zip(plan.axes, sizes)]
-        tile = replace(first, out=tuple(slice(0, n) for n in sizes), offsets=tuple(offsets))
+        d, h, w = sizes
+        tile = replace(first, out=(slice(0, d), slice(0, h), slice(0, w)), offsets=(offsets[0], offsets[1], offsets[2]))
         times = []
         for _ in range(repeats + 1):
             t0 = time.perf_counter()
