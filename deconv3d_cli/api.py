@@ -14,7 +14,7 @@ import numpy as np
 from .errors import SpecError
 from .geometry.layout import Layout
 from .layer.presets import DEFAULT_BOUNDARY
-from .layer.spec import LayerSpec
+from .layer.spec import KERAS_ARGS, LayerSpec
 
 
 def _is_torch(x: Any) -> bool:
@@ -84,19 +84,13 @@ def conv3d_transpose(
         bias = bias.detach().cpu().numpy() if _is_torch(bias) else np.asarray(bias)
     if kernel.ndim != 5:
         raise SpecError(f"kernel must be 5-D (kd, kh, kw, filters, in), got shape {kernel.shape}", field="kernel")
-    spec = LayerSpec.create(
+    hyper = {k: v for k, v in locals().items() if k in KERAS_ARGS}  # the Keras arguments, as given
+    hyper.update(
         filters=int(kernel.shape[3]) if filters is None else filters,
         kernel_size=tuple(int(n) for n in kernel.shape[:3]) if kernel_size is None else kernel_size,
-        strides=strides,
-        padding=padding,
-        output_padding=output_padding,
-        data_format=data_format,
-        dilation_rate=dilation_rate,
-        activation=activation,
         use_bias=(bias is not None) if use_bias is None else use_bias,
-        kernel=kernel,
-        bias=bias,
     )
+    spec = LayerSpec.create(**hyper, kernel=kernel, bias=bias)
     return run_array(spec, x, device=device, precision=precision)
 
 
@@ -132,22 +126,7 @@ class Conv3DTranspose:
         if unknown:
             raise SpecError("unexpected keyword argument", field=sorted(unknown)[0])
         self.spec = LayerSpec.create(
-            filters=filters,
-            kernel_size=kernel_size,
-            strides=strides,
-            padding=padding,
-            output_padding=output_padding,
-            data_format=data_format,
-            dilation_rate=dilation_rate,
-            activation=activation,
-            use_bias=use_bias,
-            kernel_initializer=kernel_initializer,
-            bias_initializer=bias_initializer,
-            kernel_regularizer=kernel_regularizer,
-            bias_regularizer=bias_regularizer,
-            activity_regularizer=activity_regularizer,
-            kernel_constraint=kernel_constraint,
-            bias_constraint=bias_constraint,
+            **{k: v for k, v in locals().items() if k in KERAS_ARGS},  # Keras's arguments, by their names
             name=kwargs.get("name"),
             groups=kwargs.get("groups", 1),
             seed=seed,

@@ -30,12 +30,7 @@ def memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int
     """A size; none given: the default budget (1 GiB, or a share of the cgroup/SLURM limit)."""
     from ..geometry.sizes import default_memory_limit, parse_bytes
 
-    if value is None:
-        return default_memory_limit()
-    try:
-        return parse_bytes(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return default_memory_limit() if value is None else _parsed(parse_bytes, value)
 
 
 def triple(ctx: click.Context | None, param: click.Parameter | None, value: str | None) -> Any:
@@ -51,27 +46,25 @@ def triple(ctx: click.Context | None, param: click.Parameter | None, value: str 
     return nums[0] if len(nums) == 1 else nums
 
 
+def _parsed(parse: Any, value: str) -> Any:
+    """`parse(value)`, its ValueError shown as the option's one-line error."""
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def named(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     """An initializer, regularizer or constraint: NAME, NAME:key=value,... or a YAML mapping."""
     from ..layer.named import parse_option
 
-    if value is None:
-        return None
-    try:
-        return parse_option(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return None if value is None else _parsed(parse_option, value)
 
 
 def shard(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
     from ..run.inputs import parse_shard
 
-    if value is None:
-        return None
-    try:
-        return parse_shard(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    return None if value is None else _parsed(parse_shard, value)
 
 
 def debug_option(f: Any) -> Any:
