@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 
-def lines(report: dict[str, Any], dry_run: bool) -> list[str]:
-    """The plan (and, after a run, how it went) of one output."""
+def lines(report: dict[str, Any], dry_run: bool | None) -> list[str]:
+    """The plan and, after a run, how it went (`dry_run` None: the plan alone, as a run starts)."""
     from ..geometry.tiling import format_bytes
 
     out = [
@@ -20,6 +20,8 @@ def lines(report: dict[str, Any], dry_run: bool) -> list[str]:
     ]
     if report.get("fourth_axis"):
         out.insert(1, f"  {report['fourth_axis']}")
+    if dry_run is None:
+        return out
     if dry_run:
         out.append(f"  dry run: nothing written (output would be {format_bytes(report['output_bytes'])})")
     else:

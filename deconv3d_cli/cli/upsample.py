@@ -125,16 +125,24 @@ def upsample(ctx: click.Context, **p: Any) -> None:
         if not p["quiet"] or report.exit_code:  # type: ignore[union-attr]
             click.echo(report.summary(), err=True)  # type: ignore[union-attr]
         ctx.exit(report.exit_code)  # type: ignore[union-attr]
-    result = dispatch.upsample(request, error_line=error_line, debug=debug)
+    talk = not (p["as_json"] or p["quiet"] or p["dry_run"])
+    start = (lambda plan: click.echo("\n".join(lines(plan, None)), err=True)) if talk else None
+    result = dispatch.upsample(request, error_line=error_line, debug=debug, on_start=start)
     assert isinstance(result, dict)
     if startup is not None and "timings" in result:
         result["timings"] = {"startup": round(startup, 4), **result["timings"]}
     if p["as_json"]:
         emit_json(result, 0)
     elif not p["quiet"]:
-        click.echo("\n".join(lines(result, result["status"] == "planned")), err=True)
+        shown = lines(result, result["status"] == "planned")
+        click.echo("\n".join(shown if start is None else shown[_plan_lines(result) :]), err=True)
     if p["preview_png"] is not None:
         _preview(request, p)
+
+
+def _plan_lines(report: dict[str, Any]) -> int:
+    """How many of a report's lines are its plan (printed already when the run started)."""
+    return len(lines(report, None))
 
 
 def _check_usage(p: dict[str, Any]) -> None:

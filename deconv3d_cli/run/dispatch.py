@@ -48,8 +48,12 @@ def upsample(
     on_file: Callable[[FileResult], None] | None = None,
     error_line: Callable[[Deconv3dError], str] | None = None,
     debug: bool = False,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any] | Report:
-    """Run (or plan) what `request` asks: a report for one output, or a batch `Report`."""
+    """Run (or plan) what `request` asks: a report for one output, or a batch `Report`.
+
+    `on_start(plan)`: called with one output's plan as soon as it is made, before anything is computed.
+    """
     if request.batch is not None:
         return _many(request, on_file, error_line, debug)
     assert request.output is not None
@@ -62,14 +66,14 @@ def upsample(
     if opts.cluster.scheduler:
         from .dask.runner import run_one
 
-        return run_one(request.layer, source, output, opts)
+        return run_one(request.layer, source, output, opts, on_start=on_start)
     if request.dry_run:
         job = prepare(request.layer, source, output, opts)
         job.close()
         return {**job.describe(), "status": "planned"}
     from .local import run_job
 
-    return run_job(request.layer, source, output, opts)
+    return run_job(request.layer, source, output, opts, on_start=on_start)
 
 
 def batch_pairs(request: Request, folders: list[Path] | None = None) -> list[Any]:

@@ -356,10 +356,13 @@ def run_job(
     opts: Options,
     engines: dict | None = None,
     on_progress: Callable[[int], None] | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """prepare + execute one file."""
+    """prepare + execute one file; `on_start(plan)` is told the plan before anything is computed."""
     job = prepare(spec, input_path, output_path, opts)
     try:
+        if on_start is not None:
+            on_start(job.describe())
         engine = engine_for(job, {} if engines is None else engines)
     except BaseException:
         job.close()

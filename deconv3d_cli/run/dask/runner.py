@@ -70,11 +70,14 @@ def run_one(
     on_progress: Callable[[int], None] | None = None,
     threads: int | None = None,
     engine_path: str | None = None,
+    on_start: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Upsample one volume on a Dask cluster (`opts.cluster.scheduler`, or an existing `client`)."""
     job = prepare(spec, input_path, output_path, cluster_options(opts, threads, engine_path))
     job.close()
     refuse(job)  # before a cluster is started or reached
+    if on_start is not None:
+        on_start(job.describe())
     if client is None:
         with connect(opts.cluster.scheduler or "") as own:
             return _run_tiles(job, own, window, on_progress)
