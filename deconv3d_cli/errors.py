@@ -56,3 +56,15 @@ class RunError(Deconv3dError, RuntimeError):
 
 class Deconv3dWarning(UserWarning):
     """Something the user should know that does not stop the run (the CLI prints one line per warning)."""
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """Warn (Deconv3dWarning) unless this process already said exactly this."""
+    import warnings
+
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, Deconv3dWarning, stacklevel=3)

@@ -190,3 +190,53 @@ def test_a_stopped_batch_continues_with_skip_existing_and_resume(tmp_path):
     assert ref.returncode == 0
     for name in ("a_x2.npy", "b_x2.npy"):
         assert (out / name).read_bytes() == (tmp_path / "ref.npy").read_bytes()
+
+
+def test_output_dir_that_is_a_file_is_refused(tmp_path, layer, volume):
+    (tmp_path / "out").write_text("a file of the user's")
+    res = run("upsample", volume, "-O", tmp_path / "out", "--spec", layer)
+    assert res.returncode == 2 and "-O takes a folder" in res.stderr
+    assert (tmp_path / "out").read_text() == "a file of the user's"
+
+
+def test_nan_stored_in_an_integer_type_is_counted(tmp_path):
+    x = np.zeros((6, 6, 6), np.float32)
+    x[2, 3, 1] = np.nan
+    np.save(tmp_path / "nan.npy", x)
+    res = run("upsample", tmp_path / "nan.npy", "-o", tmp_path / "o.npy", "--preset", "nearest", "--output-dtype",
+              "int16", "--json")  # fmt: skip
+    doc = one_json(res)
+    assert doc["nan_voxels"] == 8 and doc["clipped_voxels"] == 0 and np.load(tmp_path / "o.npy").max() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dask")
+def test_local_workers_are_capped_at_the_usable_cpus_and_leave_no_scratch(tmp_path, layer, volume):
+    pytest.importorskip("distributed")
+    pytest.importorskip("zarr", minversion="3")
+    from deconv3d_cli.run.resources import usable_cpus
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "TMPDIR": str(scratch), "TQDM_DISABLE": "1"}
+    res = subprocess.run(
+        [
+            *CLI,
+            "upsample",
+            str(volume),
+            "-o",
+            str(tmp_path / "o.zarr"),
+            "--spec",
+            str(layer),
+            "--scheduler",
+            "local:500",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert f"starting {usable_cpus()}" in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert list(scratch.iterdir()) == []

@@ -31,12 +31,11 @@ import json
 import os
 import platform
 import tempfile
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ..errors import Deconv3dWarning
+from ..errors import warn_once
 
 VERSION = 1
 ENV_OFF = "DECONV3D_TUNING"
@@ -49,7 +48,6 @@ RULE = "rule"
 EVIDENT = "separable kernel"
 
 _MEMO: dict[str, str] = {}  # this process's decisions by key digest (the cache's own content)
-_WARNED: set[str] = set()
 
 
 def enabled(environ: Mapping[str, str] = os.environ) -> bool:
@@ -152,6 +150,4 @@ def _record(path: Path, key: dict[str, Any], choice: str, timings: dict[str, flo
 
 
 def _warn(message: str) -> None:
-    if message not in _WARNED:
-        _WARNED.add(message)
-        warnings.warn(message, Deconv3dWarning, stacklevel=3)
+    warn_once(message)

@@ -11,12 +11,11 @@ import contextlib
 import json
 import shutil
 import tempfile
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ...errors import Deconv3dWarning, InputError, RunError
+from ...errors import InputError, RunError, warn_once
 from ...io.zarr import require_extra
 from ..resources import usable_cpus
 
@@ -55,8 +54,8 @@ def local_workers(requested: int) -> int:
     """Local worker processes: at most one per usable CPU (more only oversubscribe them), with a note."""
     cpus = usable_cpus()
     if requested > cpus:
-        warnings.warn(f"local:{requested} asks for more workers than the {cpus} CPU(s) this process may use; "
-                      f"starting {cpus}", Deconv3dWarning, stacklevel=2)  # fmt: skip
+        warn_once(f"local:{requested} asks for more workers than the {cpus} CPU(s) this process may use; "
+                  f"starting {cpus}")  # fmt: skip
         return cpus
     return requested
 
@@ -107,16 +106,19 @@ def _local_cluster(distributed: Any, workers: int) -> Iterator[Any]:
     """Workers keep their scratch space in a folder of ours, removed afterwards (no dask-scratch-space left)."""
     import logging
 
+    import dask
+
     scratch = Path(tempfile.mkdtemp(prefix="deconv3d-dask-"))
     try:
-        cluster = distributed.LocalCluster(
-            n_workers=workers,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            silence_logs=logging.ERROR,
-            local_directory=str(scratch),
-        )
+        with dask.config.set({"temporary-directory": str(scratch)}):
+            cluster = distributed.LocalCluster(
+                n_workers=workers,
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                silence_logs=logging.ERROR,
+                local_directory=str(scratch),
+            )
         try:
             with distributed.Client(cluster) as client:
                 yield client
