@@ -32,6 +32,7 @@ class FormatFacts:
     random_access: bool = True  # any box can be read without decompressing the whole file
     compressed: bool = False  # the output's size on disk is not known before it is written
     directory: bool = False  # the output is a folder (a store)
+    chunked: bool = False  # stores chunks (tiles are aligned to them; concurrent writers must not share one)
     extra: str | None = None  # the pip extra its library comes from, when optional
     order: tuple[int, int, int] = (0, 1, 2)  # spatial axes of the array, slowest to fastest in the file
 
@@ -42,13 +43,13 @@ class FormatFacts:
 
 NPY = FormatFacts("npy", ".npy", (".npy",), (), shared_writes=True)
 HDF5 = FormatFacts("hdf5", "HDF5", (".h5", ".hdf5", ".hdf", ".he5"), ("compression_level", "chunks"), datasets=True,
-                   compressed=True)  # fmt: skip
+                   compressed=True, chunked=True)  # fmt: skip
 # NIfTI arrays are (x, y, z[, c]) with x varying fastest in the file.
 NIFTI = FormatFacts("nifti", "NIfTI", (".nii",), (), float16=False, order=(2, 1, 0))
 NIFTI_GZ = FormatFacts("nifti", "gzipped NIfTI", (".nii.gz",), ("compression_level",), float16=False,
                        random_access=False, compressed=True, order=(2, 1, 0))  # fmt: skip
 ZARR = FormatFacts("zarr", "Zarr", (".zarr",), ("compression_level", "chunks", "zarr_format"), datasets=True,
-                   shared_writes=True, compressed=True, directory=True, extra="zarr")  # fmt: skip
+                   shared_writes=True, compressed=True, directory=True, chunked=True, extra="zarr")  # fmt: skip
 ALL = (NPY, HDF5, NIFTI_GZ, NIFTI, ZARR)  # .nii.gz before .nii: the longer suffix decides
 
 # --output-format names (with -O) and the suffix each gives.
@@ -57,6 +58,15 @@ OUTPUT_FORMATS = {"npy": ".npy", "h5": ".h5", "hdf5": ".h5", "nii": ".nii", "nii
 
 def suffixes() -> list[str]:
     return [s for f in ALL for s in f.suffixes]
+
+
+def split_name(path: Path | str) -> tuple[str, str]:
+    """('scan', '.nii.gz') for scan.nii.gz: a format's whole suffix counts as one."""
+    name = Path(path).name
+    for suffix in sorted(suffixes(), key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)], name[-len(suffix) :]
+    return Path(name).stem, Path(name).suffix
 
 
 def facts_of(path: Path | str) -> FormatFacts:

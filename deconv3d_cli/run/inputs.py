@@ -20,14 +20,6 @@ TEMPLATE_FIELDS = ("stem", "name", "ext", "scale", "parent", "index")
 DEFAULT_TEMPLATE = "{stem}_x{scale}{ext}"
 
 
-def split_name(path: Path) -> tuple[str, str]:
-    """('scan', '.nii.gz') for scan.nii.gz: the double suffix of gzipped NIfTI counts as one."""
-    name = path.name
-    if name.lower().endswith(".nii.gz"):
-        return name[: -len(".nii.gz")], name[-len(".nii.gz") :]
-    return path.stem, path.suffix
-
-
 def expand_inputs(
     patterns: Sequence[str], from_list: Iterable[str] | TextIO | None = None, folders: list[Path] | None = None
 ) -> list[Path]:
@@ -44,7 +36,7 @@ def expand_inputs(
             if not matches:
                 raise InputError("matched no files", source=pattern)
             for match in matches:
-                if os.path.isdir(match) and not match.rstrip("/").lower().endswith(".zarr"):
+                if os.path.isdir(match) and not _is_store_name(match):
                     if folders is not None:
                         folders.append(Path(match))
                     continue
@@ -89,7 +81,7 @@ def output_name(
     ext: str | None,
     index: int,
 ) -> str:
-    stem, in_ext = split_name(path)
+    stem, in_ext = formats.split_name(path)
     values = {
         "stem": stem,
         "name": path.name,
@@ -134,3 +126,11 @@ def plan_outputs(
         seen[out] = path
         jobs.append(FilePair(path, out))
     return jobs
+
+
+def _is_store_name(path: str) -> bool:
+    """A folder named like a store format (a `.zarr`): an input, not a folder to skip."""
+    try:
+        return formats.facts_of(path).directory
+    except InputError:
+        return False

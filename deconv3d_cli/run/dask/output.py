@@ -27,7 +27,7 @@ def chunk_misalignment(job: Job, writer_options: dict[str, Any], chunks: Sequenc
 
     `chunks`: those of an existing (partial) output; else the options' own, else the format's defaults.
     """
-    if job.facts.name != "zarr":
+    if not (job.facts.chunked and job.facts.shared_writes):
         return None
     from ... import io
 

@@ -54,7 +54,7 @@ def cluster_options(opts: Options, threads: int | None = None, engine_path: str 
 
 def align_chunks(job: Job, opts: Options) -> Options:
     """`opts` with chunks that divide the plan's tiles, unless the user named chunks (never changed)."""
-    if opts.write.chunks is not None or job.facts.name != "zarr" or job.chunks is None:
+    if opts.write.chunks is not None or not job.facts.shared_writes or job.chunks is None:
         return opts
     return replace(opts, write=replace(opts.write, chunks=job.chunks))
 

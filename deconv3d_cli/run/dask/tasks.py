@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ...io import formats
 from ..engines import engine_for, settle
 from ..job import Job
 from ..tiles import Counts, process_tile
@@ -105,7 +106,7 @@ def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
 
         engine.tile(np.zeros((1, job.channels, 2, 2, 2), np.float32), (0, 0, 0), (1, 1, 1))
         _WARM.add(id(engine))
-    if "zarr" in (job.facts.name, job.in_facts.name):
+    if formats.ZARR in (job.facts, job.in_facts):
         _one_zarr_thread()
     reader = job.open_input()
     counts = Counts()
