@@ -90,6 +90,7 @@ class GzipStreamWriter:
         self._starts = [s.start for s in self._segments]
         self._pending: dict[tuple[int, int], Pending] = {}
         self._spill_fd: int | None = None
+        self._punch: list[tuple[int, int]] = []  # spilled members compressed since the last index
         self._lock = threading.RLock()
         self._closed = False
         self._workers = max(1, int(threads or usable_cpus()))
@@ -259,8 +260,8 @@ class GzipStreamWriter:
         self._append(seg, blob)
         seg.next = j + 1
         del self._pending[(seg.number, j)]
-        if p.disk.items and self._spill_fd is not None:
-            space.punch_hole(self._spill_fd, p.start, p.stop - p.start)
+        if p.disk.items:
+            self._punch.append((p.start, p.stop))  # only once an index no longer points there
 
     def _append(self, seg: _Segment, blob: bytes) -> None:
         assert seg.fd is not None
@@ -304,6 +305,9 @@ class GzipStreamWriter:
                     if seg.fd is not None:
                         os.fsync(seg.fd)
                 self._write_index()
+                for a, b in self._punch:
+                    space.punch_hole(self._spill(), a, b - a)
+                self._punch = []
             except OSError as exc:
                 raise space.disk_error(exc, self.path) from None
 
