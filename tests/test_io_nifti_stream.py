@@ -262,3 +262,22 @@ def test_pending_bytes_past_the_memory_bound_go_to_the_spill(tmp_path, monkeypat
     w.close()
     assert gzip.decompress((tmp_path / "s.gz").read_bytes()) == payload
     assert not w.spill_path.exists()
+
+
+@pytest.mark.parametrize("suffix", [".nii", ".nii.gz"])
+def test_short_runs_without_a_reservation_are_written_by_plane_spans(tmp_path, monkeypatch, suffix):
+    """Filesystems that cannot reserve space never get a memory map: spans are read, filled, written."""
+    from deconv3d_cli.io import space
+
+    real = space.reserve
+
+    def unsupported(fd, size, path):
+        real(fd, size, path)
+        return False
+
+    monkeypatch.setattr(space, "reserve", unsupported)
+    monkeypatch.setattr(np, "memmap", None)
+    data = volume((48, 40, 36), np.float32, seed=7)
+    path = write(tmp_path / f"o{suffix}", data, x_slabs(data.shape, 5), threads=2)
+    monkeypatch.undo()
+    np.testing.assert_array_equal(nib.load(path).get_fdata(dtype=np.float32), data)

@@ -3,13 +3,15 @@
 Both take boxes in the presented layout (3-D ``(X, Y, Z)``, ``(X, Y, Z, F)`` or a series
 ``(T, X, Y, Z, F)``, channels_first too), put each box's bytes into file order (nifti_layout.arrange;
 no copy when the tile already is) and hand the file's byte runs on. No memory maps: a full disk is an
-ordinary error (io/space.py), never SIGBUS.
+ordinary error (io/space.py), never SIGBUS; the one exception is below, and safe for the same reason.
 
 `.nii`: the file's size is reserved at creation (posix_fallocate; a run that cannot fit is refused
 before anything is computed), and runs of at least direct.MIN_RUN bytes (a box spanning whole x-y
 planes is one run per component) are written by direct.RunWriter, O_DIRECT for their page-aligned
-middles. Shorter runs (tiles that cut the x or y axis) are written a plane span at a time: read, filled
-in, written back. `flush` is one fsync.
+middles. Boxes of many shorter runs (tiles that cut the x or y axis: plans that are not slabs) are
+stored through a short-lived memory map of the reserved file (its blocks exist, so a full disk cannot
+fault the map; this is as fast as the old writer was for such plans), or, where the filesystem cannot
+reserve space, a plane span at a time: read, filled in, written back. `flush` is one fsync.
 
 `.nii.gz`: the bytes go to gzip_stream.GzipStreamWriter (fixed members compressed on threads,
 deterministic, resumable from its index). Components of a vector output are its segments, so that
@@ -27,6 +29,7 @@ import io
 import math
 import mmap
 import os
+from collections.abc import Callable
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -77,22 +80,37 @@ class _Scratch:
 
 
 class BlockFile:
-    """An open file holding the data block of `order` uncompressed; boxes written by runs or plane spans."""
+    """An open file holding the data block of `order` uncompressed; boxes written by runs or plane spans.
 
-    def __init__(self, path: Path, order: FileOrder, fd: int) -> None:
-        self.path, self.order, self.fd = path, order, fd
+    Long runs go out by direct.RunWriter from the box's file-ordered copy. A box of many short runs
+    (a plan that cuts x or y) is stored through a short-lived memory map when the file's space was
+    reserved (its blocks exist, so a full disk cannot fault the map; the strided copy into the map is
+    the transposition), else a plane span at a time by pread, fill and pwrite.
+    """
+
+    def __init__(self, path: Path, order: FileOrder, fd: int, reserved: bool, dtype: np.dtype) -> None:
+        self.path, self.order, self.fd, self.reserved, self.dtype = path, order, fd, reserved, dtype
         self.runs = direct.RunWriter(path, fd)
         self.dirty = False
 
-    def write(self, franges: list[tuple[int, int]], arranged: np.ndarray) -> None:
+    def write(self, franges: list[tuple[int, int]], block: np.ndarray, arrange: Callable[[], np.ndarray]) -> None:
+        """Store `block` (file axes x, y, z, ...) at `franges`; `arrange()` gives its file-ordered copy."""
         offsets, run = self.order.runs(franges)
-        raw = memoryview(arranged.reshape(-1).view(np.uint8))
         try:
             if run >= direct.MIN_RUN or len(offsets) <= STREAM_MAX_RUNS:
+                raw = memoryview(arrange().reshape(-1).view(np.uint8))
                 for i, at in enumerate(offsets):
                     self.runs.write(at, raw[i * run : (i + 1) * run])
+            elif self.reserved:
+                mm = np.memmap(
+                    self.path, self.dtype, "r+", offset=self.order.offset, shape=self.order.file_shape, order="F"
+                )
+                try:
+                    mm[tuple(slice(a, b) for a, b in franges)] = block  # durable at the fd's fsync (flush)
+                finally:
+                    del mm
             else:
-                self._write_spans(franges, arranged)
+                self._write_spans(franges, arrange())
         except OSError as exc:
             raise space.disk_error(exc, self.path) from None
         self.dirty = True
@@ -186,17 +204,21 @@ class _NiftiOutput:
         runs = self.runs(index)
         return None if runs is None else direct.phase(runs[0][0])
 
-    def arranged(self, index: tuple[slice, ...], data: np.ndarray, pool: Any = None) -> tuple[list, np.ndarray]:
+    def block(self, index: tuple[slice, ...], data: np.ndarray) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """The box's ranges on the file axes and the data as a view with those axes."""
         franges = self.axis_map.file_ranges(index)
         block = self.axis_map.to_file_axes(np.asarray(data))
-        expected = tuple(b - a for a, b in franges)
-        if block.shape != expected:
+        if block.shape != tuple(b - a for a, b in franges):
             raise ValueError(f"block of shape {np.shape(data)} does not fit the box {index}")
-        if block.dtype != self.disk_dtype or not block.T.flags.c_contiguous:
-            offsets, _ = self.order.runs(franges)
-            out = self._scratch.array(expected[::-1], self.disk_dtype, direct.phase(offsets[0]) if offsets else 0)
-            return franges, arrange(block.astype(self.disk_dtype, copy=False), out, pool)
-        return franges, block.T
+        return franges, block
+
+    def arrange(self, franges: list[tuple[int, int]], block: np.ndarray, pool: Any = None) -> np.ndarray:
+        """The block's bytes in file order: a view when it already is, else a copy placed at the page phase."""
+        if block.dtype == self.disk_dtype and block.T.flags.c_contiguous:
+            return block.T
+        offsets, _ = self.order.runs(franges)
+        out = self._scratch.array(block.shape[::-1], self.disk_dtype, direct.phase(offsets[0]) if offsets else 0)
+        return arrange(block.astype(self.disk_dtype, copy=False), out, pool)
 
     def _check_partial(self, path: Path) -> None:
         if not path.exists():
@@ -212,14 +234,15 @@ class _NiftiOutput:
             )
 
 
-def _open_block(path: Path, size: int, head: bytes, fresh: bool) -> int:
+def _open_block(path: Path, size: int, head: bytes, fresh: bool) -> tuple[int, bool]:
+    """The file opened (created when fresh) with its size reserved; (fd, whether the space is reserved)."""
     flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if fresh else 0)
     try:
         fd = os.open(path, flags, 0o644)
     except OSError as exc:
         raise space.disk_error(exc, path) from None
     try:
-        space.reserve(fd, size, path)
+        reserved = space.reserve(fd, size, path)
         if fresh:
             direct_write_all(fd, memoryview(head), 0)
     except OSError as exc:
@@ -228,7 +251,7 @@ def _open_block(path: Path, size: int, head: bytes, fresh: bool) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, reserved
 
 
 class NiftiWriter(_NiftiOutput):
@@ -247,14 +270,15 @@ class NiftiWriter(_NiftiOutput):
         super().__init__(path, shape, dtype, meta, data_format, scaling)
         if resume:
             self._check_partial(self.path)
-        self._fd: int | None = _open_block(self.path, self.total, self.header_bytes, fresh=not resume)
-        self._file = BlockFile(self.path, self.order, self._fd)
+        fd, reserved = _open_block(self.path, self.total, self.header_bytes, fresh=not resume)
+        self._fd: int | None = fd
+        self._file = BlockFile(self.path, self.order, fd, reserved, self.disk_dtype)
 
     def write(self, index: tuple[slice, ...], data: np.ndarray) -> None:
         if self._fd is None:
             raise RunError("writer is closed", source=str(self.path))
-        franges, arranged = self.arranged(index, data)
-        self._file.write(franges, arranged)
+        franges, block = self.block(index, data)
+        self._file.write(franges, block, lambda: self.arrange(franges, block))
 
     def flush(self) -> None:
         if self._fd is not None:
@@ -323,20 +347,20 @@ class NiftiGzWriter(_NiftiOutput):
         return list(zip(bounds[:-1], bounds[1:]))
 
     def _open_stage(self, fresh: bool) -> None:
-        self._stage_fd = _open_block(self.stage_path, self.total, self.header_bytes, fresh)
-        self._stage = BlockFile(self.stage_path, self.order, self._stage_fd)
+        self._stage_fd, reserved = _open_block(self.stage_path, self.total, self.header_bytes, fresh)
+        self._stage = BlockFile(self.stage_path, self.order, self._stage_fd, reserved, self.disk_dtype)
 
     def write(self, index: tuple[slice, ...], data: np.ndarray) -> None:
         if self._closed:
             raise RunError("writer is closed", source=str(self.path))
-        franges, arranged = self.arranged(index, data, self.stream.pool)
+        franges, block = self.block(index, data)
         offsets, run = self.order.runs(franges)
         if self._stage is None and run < direct.MIN_RUN and len(offsets) > STREAM_MAX_RUNS and self._fresh():
             self._open_stage(fresh=True)
         if self._stage is not None:
-            self._stage.write(franges, arranged)
+            self._stage.write(franges, block, lambda: self.arrange(franges, block, self.stream.pool))
             return
-        raw = memoryview(arranged.reshape(-1).view(np.uint8))
+        raw = memoryview(self.arrange(franges, block, self.stream.pool).reshape(-1).view(np.uint8))
         self.stream.write((at, raw[i * run : (i + 1) * run]) for i, at in enumerate(offsets))
 
     def _fresh(self) -> bool:
