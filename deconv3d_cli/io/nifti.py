@@ -238,4 +238,6 @@ def create_writer(
             compression_level=1 if level is None else level,
             threads=options.get("threads"),
         )
-    return NiftiWriter(path, shape, dtype, meta, resume=resume, data_format=data_format, scaling=scale)
+    return NiftiWriter(
+        path, shape, dtype, meta, resume=resume, data_format=data_format, scaling=scale, threads=options.get("threads")
+    )

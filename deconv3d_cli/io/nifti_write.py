@@ -30,6 +30,7 @@ import math
 import mmap
 import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from itertools import product
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ import numpy as np
 from ..errors import InputError, RunError
 from . import direct, space
 from .base import VolumeMeta
+from .gzip_pending import usable_cpus
 from .gzip_stream import GzipStreamWriter
 from .nifti_header import output_header, read_header
 from .nifti_layout import AxisMap, FileOrder, arrange, writer_axes
@@ -266,8 +268,11 @@ class NiftiWriter(_NiftiOutput):
         resume: bool = False,
         data_format: str = "channels_last",
         scaling: tuple[float, float] | None = None,
+        threads: int | None = None,
     ) -> None:
         super().__init__(path, shape, dtype, meta, data_format, scaling)
+        # threads that put tiles into file order (the copy is the slow part of writing, see nifti_layout)
+        self._pool = ThreadPoolExecutor(max_workers=max(1, int(threads or usable_cpus())), thread_name_prefix="nii")
         if resume:
             self._check_partial(self.path)
         fd, reserved = _open_block(self.path, self.total, self.header_bytes, fresh=not resume)
@@ -278,7 +283,7 @@ class NiftiWriter(_NiftiOutput):
         if self._fd is None:
             raise RunError("writer is closed", source=str(self.path))
         franges, block = self.block(index, data)
-        self._file.write(franges, block, lambda: self.arrange(franges, block))
+        self._file.write(franges, block, lambda: self.arrange(franges, block, self._pool))
 
     def flush(self) -> None:
         if self._fd is not None:
@@ -294,6 +299,7 @@ class NiftiWriter(_NiftiOutput):
         self._release()
 
     def _release(self) -> None:
+        self._pool.shutdown(wait=True)
         if self._fd is not None:
             self._file.close()
             os.close(self._fd)
