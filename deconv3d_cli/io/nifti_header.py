@@ -89,6 +89,10 @@ def read_header(path: Path, compressed: bool) -> Any:
         raise InputError(f"not a readable NIfTI file: {exc}", source=str(path)) from None
     except (HeaderDataError, ValueError) as exc:
         raise InputError(f"invalid NIfTI header: {exc}", source=str(path)) from None
+    pixdim = header["pixdim"]
+    if pixdim[0] not in (-1, 1):  # qfac: 0 in many old files; nibabel's check sets it to 1 likewise
+        pixdim[0] = 1
+        header["pixdim"] = pixdim
     if header["magic"].item() not in (b"n+1", b"n+2"):
         raise InputError(
             "is a NIfTI header/image pair header (magic ni1/ni2); only single-file .nii/.nii.gz are read",
