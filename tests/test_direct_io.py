@@ -599,10 +599,10 @@ def cubic_reference(p, memory_limit: int) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def test_writes_slabs_for_npy_and_nifti():
+def test_writes_slabs_only_for_npy():
     assert writes_slabs("npy") is True
     assert writes_slabs("hdf5") is False
-    assert writes_slabs("nifti") is True  # along nifti.SLAB_AXIS (z), see io/nifti.py
+    assert writes_slabs("nifti") is False
 
 
 @pytest.mark.parametrize(

@@ -344,3 +344,12 @@ def test_tiles_already_in_file_order_are_written_without_a_copy(tmp_path, monkey
     got = img.get_fdata(dtype=np.float32)
     want = np.moveaxis(data, 0, -1) if layout else data
     np.testing.assert_array_equal(got.reshape(want.shape), want)
+
+
+def test_nifti_declares_slabs_along_z_for_the_planner():
+    from deconv3d_cli import io as vio
+
+    assert nifti.WRITES_SLABS is True and nifti.SLAB_AXIS == 2
+    assert vio.slab_axis("nifti") == 2 and vio.slab_axis("npy") == 0
+    # plans cut along axis 0 only, for now: NIfTI keeps the general plan until they can cut along z
+    assert vio.writes_slabs("nifti") is False and vio.writes_slabs("npy") is True

@@ -70,8 +70,18 @@ def output_chunks(
 
 
 def writes_slabs(fmt: str) -> bool:
-    """Whether the format writes whole-plane tiles as long contiguous runs (then plans prefer slabs)."""
-    return bool(getattr(_module(fmt), "WRITES_SLABS", False))
+    """Whether the format writes slabs cut along array axis 0 as long contiguous runs (then plans prefer them).
+
+    A format whose slabs run along another axis (NIfTI: `slab_axis` 2, z) answers False until plans can
+    cut along that axis: slabs along axis 0 would be its worst case (short runs, out of file order).
+    """
+    module = _module(fmt)
+    return bool(getattr(module, "WRITES_SLABS", False)) and slab_axis(fmt) == 0
+
+
+def slab_axis(fmt: str) -> int:
+    """The spatial array axis slowest in the format's files: slabs cut along it are contiguous (.npy 0, NIfTI 2)."""
+    return int(getattr(_module(fmt), "SLAB_AXIS", 0))
 
 
 def output_meta(meta: VolumeMeta, axes: Sequence[Axis]) -> VolumeMeta:
