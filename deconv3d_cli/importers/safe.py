@@ -5,12 +5,12 @@
   (absolute, `..`, backslashes, drive letters) is refused as a whole.
 - HDF5 groups are walked through hard links only: soft and external links and datasets with external
   or virtual storage (which would read other files) are refused.
-- JSON and YAML are read with `json` and `yaml.safe_load` (no tags, so no Python objects).
+- JSON and YAML are read by layer/textconfig.py: no tags (so no Python objects), aliases and nesting
+  bounded.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
 from collections.abc import Iterator
@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
+from ..layer import textconfig
 
 # A config or metadata member larger than this is not a Keras config.
-MAX_TEXT_BYTES = 64 << 20
+MAX_TEXT_BYTES = textconfig.MAX_TEXT_BYTES
 # Arrays larger than this (elements; 1 GiB of float32) are refused before they are read: no real kernel is.
 MAX_ARRAY_ELEMENTS = 1 << 28
 
@@ -86,37 +87,17 @@ def read_member(archive: zipfile.ZipFile, name: str, source: str, limit: int = M
 
 
 def load_json_bytes(data: bytes, source: str, what: str) -> Any:
+    """A JSON member or attribute, depth-bounded (layer/textconfig.py)."""
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise SpecError(f"{what} is not valid JSON: {exc}", source=source) from None
+    return textconfig.loads_json(text, source, what)
 
 
 def load_text_config(path: Path) -> Any:
-    """A JSON or YAML document, read with the safe loader only (a Python tag is refused)."""
-    import yaml
-
-    src = str(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_TEXT_BYTES:
-            raise SpecError(f"{size} bytes is too large for a config file", source=src)
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError("file not found", source=src) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read: {exc}", source=src) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as exc:
-        raise SpecError(f"YAML tag not allowed ({exc.problem}); configs are plain data", source=src) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"not valid JSON or YAML{where}: {getattr(exc, 'problem', exc)}", source=src) from None
-    if data is None:
-        raise SpecError("file is empty", source=src)
-    return data
+    """A JSON or YAML document, read with the one bounded safe reader (layer/textconfig.py)."""
+    return textconfig.load_file(path)
 
 
 # --------------------------------------------------------------------------------------------- HDF5

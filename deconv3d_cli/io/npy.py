@@ -46,8 +46,6 @@ def _header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
         offset = f.tell()
     if dtype.hasobject:
         raise ValueError("holds pickled objects; only plain numeric arrays are read")
-    if any(int(n) < 0 for n in shape):
-        raise ValueError(f"the header's shape {tuple(shape)} has a negative length; lengths are >= 1")
     return tuple(shape), bool(fortran), dtype, offset
 
 
@@ -76,6 +74,13 @@ class NpyReader:
             raise InputError(f"not a readable .npy: {exc}", source=str(path)) from None
         if dtype.kind not in "fiub":
             raise InputError(f"dtype {dtype} is not numeric", source=str(path))
+        if any(int(n) < 0 for n in shape):
+            raise InputError(
+                f"the header's shape {tuple(shape)} has a negative length; every length must be >= 1 (the header "
+                "is damaged)",
+                source=str(path),
+                field="shape",
+            )
         need = offset + math.prod(int(n) for n in shape) * dtype.itemsize
         size = self.path.stat().st_size
         if size < need:
