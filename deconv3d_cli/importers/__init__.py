@@ -137,6 +137,7 @@ def detect(path: os.PathLike | str) -> str:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = safe.check_members(archive, src)
+                safe.check_expansion(archive, src, path.stat().st_size)
         except zipfile.BadZipFile as exc:
             raise SpecError(f"not a readable zip archive: {exc}", source=src) from None
         if "config.json" in names:

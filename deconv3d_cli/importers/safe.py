@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from ..layer import textconfig
 
 # A config or metadata member larger than this is not a Keras config.
 MAX_TEXT_BYTES = textconfig.MAX_TEXT_BYTES
+# An archive's members may declare at most this many times the file's size (plus the slack) uncompressed.
+EXPANSION_FACTOR = 2
+EXPANSION_SLACK = 64 << 20
 # Arrays larger than this (elements; 1 GiB of float32) are refused before they are read: no real kernel is.
 MAX_ARRAY_ELEMENTS = 1 << 28
 
@@ -75,12 +79,29 @@ def check_members(archive: zipfile.ZipFile, source: str) -> list[str]:
     return names
 
 
+def check_expansion(archive: zipfile.ZipFile, source: str, file_size: int) -> None:
+    """Refuse an archive whose members declare more than EXPANSION_FACTOR times the file's size (plus
+    EXPANSION_SLACK) before any of them is decompressed: model files are stored or barely compressible
+    (float weights), so a larger ratio is a decompression bomb (1.4 MB of zip reaching 1.46 GiB)."""
+    declared = sum(info.file_size for info in archive.infolist())
+    allowed = EXPANSION_FACTOR * file_size + EXPANSION_SLACK
+    if declared > allowed:
+        raise SpecError(
+            f"its members declare {declared} bytes uncompressed, more than {EXPANSION_FACTOR}x the file's "
+            f"{file_size} bytes plus {EXPANSION_SLACK >> 20} MiB; refused before decompressing (a zip bomb?)",
+            source=source,
+        )
+
+
 def read_member(archive: zipfile.ZipFile, name: str, source: str, limit: int = MAX_TEXT_BYTES) -> bytes:
     info = archive.getinfo(name)
     if info.file_size > limit:
         raise SpecError(f"archive member {name!r} is {info.file_size} bytes, over {limit}; refused", source=source)
-    with archive.open(info) as fh:
-        data = fh.read(limit + 1)
+    try:
+        with archive.open(info) as fh:
+            data = fh.read(limit + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise SpecError(f"archive member {name!r} is damaged ({exc}); the archive is corrupt", source=source) from None
     if len(data) > limit:
         raise SpecError(f"archive member {name!r} is larger than it claims; refused", source=source)
     return data

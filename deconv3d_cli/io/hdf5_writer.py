@@ -4,9 +4,9 @@ Why a failed write must be handled with care: when HDF5 cannot write (ENOSPC, EF
 `H5Fclose` tries to write the file's dirty metadata again, fails again, and leaves the file half
 closed; the next touch of it (a second close, or the library's own clean-up at exit) dereferences
 freed state and the process dies with SIGSEGV after printing its message. So after any failed write
-the writer `abandon`s the file: its descriptor is pointed at an anonymous in-memory file (memfd), so
-that HDF5's close writes there and succeeds, and the file on disk stays exactly as the last
-successful write left it (what a kill at that moment would have left). The failure is reported as one
+the writer `abandon`s the file: its descriptor is pointed at /dev/null, so that HDF5's close writes
+there and succeeds, and the file on disk stays exactly as the last successful write left it (what a
+kill at that moment would have left). The failure is reported as one
 RunError naming the target and the free space (io/space.py).
 
 Resume: the file is flushed right after it is created, so a run killed at any later moment leaves a
@@ -63,7 +63,12 @@ def abandon(f: h5py.File | None) -> None:
     except Exception:  # noqa: BLE001 - already closed, or a driver without a descriptor
         fd = None
     if isinstance(fd, int) and fd >= 0:
-        sink = os.memfd_create("deconv3d-abandoned") if hasattr(os, "memfd_create") else os.open(os.devnull, os.O_RDWR)
+        # /dev/null takes any write at any offset and ignores the file-size limit (an in-memory file
+        # would not: under `ulimit -f` the close would fail with EFBIG again).
+        try:
+            sink = os.open(os.devnull, os.O_RDWR)
+        except OSError:
+            sink = os.memfd_create("deconv3d-abandoned")
         os.dup2(sink, fd)
         os.close(sink)
     try:
@@ -228,8 +233,8 @@ class Hdf5Writer:
     def abort(self) -> None:
         """Drop the file as it is on disk (as a kill now would leave it), writing nothing more."""
         f, self._file = self._file, None
+        abandon(f)  # first: dropping the dataset would flush its chunk cache to the failing disk
         self._ds = None  # type: ignore[assignment]
-        abandon(f)
 
 
 def _check_chunk_index(ds: h5py.Dataset, file_size: int, src: str) -> None:
