@@ -116,20 +116,25 @@ def decode_error(key: str, exc: BaseException, src: str) -> InputError:
 
 
 class StoreGuard:
-    """The identity (device, inode) of a store folder being written, checked before each write and sync."""
+    """The identity of a store being written, checked before each write and sync: the folder's and
+    its root metadata file's (device, inode). A folder removed and made again may get the same inode
+    back; its metadata file is then missing, or another file."""
 
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
-        st = os.stat(self.root)
-        self.identity = (st.st_dev, st.st_ino)
+        self.identity = self._identity()
+
+    def _identity(self) -> tuple[tuple[int, int], ...] | None:
+        try:
+            found = [os.stat(self.root)]
+            found += [os.stat(self.root / name) for name in METADATA_FILES if os.path.lexists(self.root / name)][:1]
+        except OSError:
+            return None
+        return tuple((st.st_dev, st.st_ino) for st in found)
 
     def check(self, target: Path | str) -> None:
-        try:
-            st = os.stat(self.root)
-            same = (st.st_dev, st.st_ino) == self.identity
-        except OSError:
-            same = False
-        if not same:
+        now = self._identity()
+        if now is None or now != self.identity:
             raise RunError(
                 f"the output store {self.root.name} was removed or replaced while it was being written; "
                 "nothing was committed: run again",
