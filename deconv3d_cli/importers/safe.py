@@ -83,12 +83,15 @@ def check_expansion(archive: zipfile.ZipFile, source: str, file_size: int) -> No
     """Refuse an archive whose members declare more than EXPANSION_FACTOR times the file's size (plus
     EXPANSION_SLACK) before any of them is decompressed: model files are stored or barely compressible
     (float weights), so a larger ratio is a decompression bomb (1.4 MB of zip reaching 1.46 GiB)."""
-    declared = sum(info.file_size for info in archive.infolist())
+    infos = archive.infolist()
+    declared = sum(info.file_size for info in infos)
     allowed = EXPANSION_FACTOR * file_size + EXPANSION_SLACK
     if declared > allowed:
+        largest = max(infos, key=lambda info: info.file_size)
         raise SpecError(
-            f"its members declare {declared} bytes uncompressed, more than {EXPANSION_FACTOR}x the file's "
-            f"{file_size} bytes plus {EXPANSION_SLACK >> 20} MiB; refused before decompressing (a zip bomb?)",
+            f"archive member {largest.filename!r} declares {largest.file_size} bytes and all members "
+            f"{declared}, more than {EXPANSION_FACTOR}x the file's {file_size} bytes plus "
+            f"{EXPANSION_SLACK >> 20} MiB; refused before decompressing (a zip bomb?)",
             source=source,
         )
 

@@ -16,6 +16,7 @@ or replaced (zarr would re-create it), and disk faults are one RunError naming t
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable
 from itertools import product
 from pathlib import Path
@@ -79,6 +80,7 @@ class ZarrWriter:
         self._store_root = Path(str(arr.store.root))
         self._guard = StoreGuard(self._store_root)
         self._pending: set[tuple[int, ...]] = set()
+        self._lock = threading.Lock()  # the pipeline's sync thread flushes while its writer thread writes
 
     def _create(self, zarr: Any, meta: VolumeMeta, fmt: int, level: int, lay: Layout, chunks: Any) -> None:
         """The whole store (group, array, attributes) in `NAME.new`, made durable, renamed onto the partial."""
@@ -161,7 +163,8 @@ class ZarrWriter:
                     self._arr[box] = data[sub]
         except OSError as exc:
             raise self._failed(exc) from None
-        self._pending.update(product(*chunk_ranges(index, self.shape, self.chunks)))
+        with self._lock:
+            self._pending.update(product(*chunk_ranges(index, self.shape, self.chunks)))
 
     def _chunk_file(self, coords: Iterable[int]) -> Path:
         return self._store_root / self._arr.path / self._arr.metadata.encode_chunk_key(tuple(coords))
@@ -172,16 +175,19 @@ class ZarrWriter:
         if self._arr is None:
             return
         self._guard.check(space.target_of(self.path))
+        with self._lock:  # chunks written from now on belong to the next flush
+            pending, self._pending = self._pending, set()
         folders: set[Path] = set()
         try:
-            for f in (self._chunk_file(c) for c in self._pending):
+            for f in [self._chunk_file(c) for c in pending]:
                 if fsync_path(f, missing_ok=True):
                     folders.add(f.parent)
             for folder in folders:
                 fsync_path(folder, missing_ok=True)
         except OSError as exc:
+            with self._lock:
+                self._pending |= pending
             raise self._failed(exc) from None
-        self._pending.clear()
 
     def release(self) -> None:
         """Make this writer's chunks durable without touching others' (one of several concurrent writers)."""
