@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import struct
+import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -355,3 +356,32 @@ def test_zero_length_axes_are_refused_for_every_format_at_open(tmp_path):
 
 if sys.platform != "linux":  # pragma: no cover - FIFOs, sockets and tmpfs are what the cases are about
     pytestmark = pytest.mark.skip("Linux only")
+
+
+def test_npy_cut_short_while_open_is_an_error_not_a_sigbus(tmp_path):
+    path = tmp_path / "x.npy"
+    np.save(path, np.ones((64, 64, 64), np.float32))
+    script = f"""
+import os
+from deconv3d_cli.io import open_reader
+from deconv3d_cli import InputError
+r = open_reader({str(path)!r})
+os.truncate({str(path)!r}, 4096)  # another process rewriting the input
+try:
+    r.read((slice(None),) * 3)
+except InputError as exc:
+    print(exc)
+"""
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, (res.returncode, res.stderr)  # was -7 (SIGBUS)
+    assert res.stdout.strip() == f"{path}: the file was truncated while it was being read"
+
+
+def test_an_input_with_absurd_channels_is_refused_before_weights_are_drawn():
+    from deconv3d_cli import LayerSpec, SpecError
+
+    spec = LayerSpec.create(filters=64, kernel_size=8, strides=2)
+    with pytest.raises(SpecError, match="field 'in_channels': 100000 is over the limit of 65536"):
+        spec.materialise(100_000)
+    with pytest.raises(SpecError, match="weights, over the limit"):
+        spec.materialise(60_000)

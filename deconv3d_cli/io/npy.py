@@ -90,12 +90,16 @@ class NpyReader:
                 field="shape",
             )
         self._file = _Mapped(self.path, shape, fortran, dtype, offset)
+        self._need = need
         self.shape = shape
         self.dtype = dtype
         self.meta = VolumeMeta()
         self.missing_chunks = 0
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
+        # A map of a file cut short since it was opened (another process rewriting it) is a SIGBUS.
+        if os.stat(self.path).st_size < self._need:
+            raise InputError("the file was truncated while it was being read", source=str(self.path))
         mm = self._file.map("r")
         try:
             return np.array(mm[index])  # a real copy: the I/O happens in the read-ahead thread
@@ -184,8 +188,9 @@ class NpyWriter:
 
     def _write(self, index: tuple[slice, ...], data: np.ndarray) -> None:
         runs = self.runs(index)
-        if runs is not None and data.dtype == self.dtype and data.flags.c_contiguous:
-            offsets, run = runs
+        whole = runs is not None and data.size * data.itemsize == len(runs[0]) * runs[1]  # not one to broadcast
+        if whole and data.dtype == self.dtype and data.flags.c_contiguous:
+            offsets, run = runs  # type: ignore[misc]
             raw = memoryview(data.reshape(-1).view(np.uint8))
             for i, at in enumerate(offsets):
                 self._runs.write(at, raw[i * run : (i + 1) * run])

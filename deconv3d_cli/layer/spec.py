@@ -285,6 +285,8 @@ class LayerSpec:
                 source=self.source,
                 field="in_channels",
             )
+        check_count(in_channels, "in_channels", self.source, "input channels")
+        check_weights_count(self.kernel_size, self.filters, in_channels, self.source)
         shape = (*self.kernel_size, self.filters, in_channels)
         try:
             kernel = initializers.make(self.kernel_initializer, shape, self.seed)
