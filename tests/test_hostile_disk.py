@@ -116,6 +116,18 @@ except RunError as exc:
     assert res.stdout.startswith(f"{disk / 'o.npy'}: writing failed: no space left on the device"), res.stdout
 
 
+def test_a_filesystem_that_cannot_reserve_turns_maps_off(tmp_path, monkeypatch):
+    def unsupported(fd: int, nbytes: int) -> None:
+        raise OSError(95, "Operation not supported")
+
+    monkeypatch.setattr(space, "_allocate", unsupported)
+    w = NpyWriter(tmp_path / "o.npy", (8, 8, 8), np.dtype("float32"), VolumeMeta())
+    assert not w.mapped
+    w.write((slice(0, 8),) * 3, np.ones((8, 8, 8), np.float32))
+    w.close()
+    assert np.array_equal(np.load(tmp_path / "o.npy"), np.ones((8, 8, 8), np.float32))
+
+
 def test_full_disk_with_compressed_hdf5_does_not_crash(disk):
     script = f"""
 import numpy as np

@@ -249,6 +249,22 @@ def test_keras_member_with_a_bad_crc_is_one_line(tmp_path):
     only(tmp_path, "m.keras")
 
 
+@pytest.mark.parametrize("damage", ["crc", "flipped-byte", "truncated"])
+def test_keras_weights_member_damaged_is_one_line(tmp_path, damage):
+    members = [deflated(name, data) for name, data in keras_members()]
+    for m in members:
+        if m.name == "model.weights.h5":
+            if damage == "crc":
+                m.crc ^= 1
+            elif damage == "flipped-byte":
+                m.raw = m.raw[: len(m.raw) // 2] + bytes([m.raw[len(m.raw) // 2] ^ 0xFF]) + m.raw[len(m.raw) // 2 + 1 :]
+            else:
+                m.raw = m.raw[: len(m.raw) // 2]
+    write_zip(tmp_path / "m.keras", members)
+    refused(["spec", "import", tmp_path / "m.keras", "-o", tmp_path / "s.yaml"], "m.keras", "damaged")
+    only(tmp_path, "m.keras")
+
+
 def test_keras_weights_bomb_is_refused_before_decompressing(tmp_path):
     members = [deflated(name, data) for name, data in keras_members() if name != "model.weights.h5"]
     members.append(zeros_bomb("model.weights.h5", b"", 512))

@@ -15,6 +15,7 @@ import re
 import zipfile
 import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -77,6 +78,15 @@ def check_members(archive: zipfile.ZipFile, source: str) -> list[str]:
                 source=source,
             )
     return names
+
+
+@contextmanager
+def archive_errors(source: str) -> Iterator[None]:
+    """Damage met while a member is streamed (h5py reading model.weights.h5 from the zip) as one line."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error) as exc:
+        raise SpecError(f"an archive member is damaged ({exc}); the archive is corrupt", source=source) from None
 
 
 def check_expansion(archive: zipfile.ZipFile, source: str, file_size: int) -> None:

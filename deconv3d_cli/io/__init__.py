@@ -19,7 +19,7 @@ from ..errors import InputError
 from ..geometry import axis as geometry
 from ..geometry.axis import Axis
 from .base import PartialUnusable, Reader, VolumeMeta, Writer, kind_of, require_regular
-from .space import check_space, disk_error
+from .space import DiskFault, check_space, disk_error
 
 # format -> (module, file suffixes). Modules are imported on first use, so a format's library
 # (h5py, nibabel) costs nothing until a file of that format is touched.
@@ -184,6 +184,7 @@ def output_meta(meta: VolumeMeta, axes: Sequence[Axis]) -> VolumeMeta:
 
 
 __all__ = [
+    "DiskFault",
     "PartialUnusable",
     "Reader",
     "Writer",

@@ -241,6 +241,14 @@ class NpyWriter:
                 self._fd = None
 
 
+    def abort(self) -> None:
+        """Close without the final fsync: the run failed (a full disk would fail the fsync again)."""
+        if self._fd is not None:
+            self._runs.close()
+            os.close(self._fd)
+            self._fd = None
+
+
 def _maps_enabled() -> bool:
     """Tests (and a user who distrusts maps) can send every box through pwrite: DECONV3D_NPY_MAPS=0."""
     return os.environ.get("DECONV3D_NPY_MAPS", "1").lower() not in ("0", "false", "no", "off")

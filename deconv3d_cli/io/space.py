@@ -7,19 +7,22 @@ HDF5 crashes later if a failed write is followed by a close (see hdf5_writer.aba
 - `check_space` runs before an output is created: an uncompressed output whose size is known exactly
   is refused when it cannot fit the free space (or the process's file-size limit, `ulimit -f`);
   a compressed one only when nothing at all can be written, the one thing that is certain about it.
-- `reserve` allocates a file's blocks at creation (`posix_fallocate`), so that later writes, through
-  maps or not, cannot run out of space; filesystems that cannot reserve say so and the caller then
-  writes without maps.
+- `reserve` allocates a file's blocks at creation (fallocate(2)), so that later writes, through maps
+  or not, cannot run out of space; filesystems that cannot reserve say so and the caller then writes
+  without maps.
 - `disk_error` turns ENOSPC / EDQUOT / EFBIG / EIO / EROFS into a `RunError` (exit 1) naming the
   target (not its `.partial-` file) and the space left on its disk.
 """
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import resource
+import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import RunError
 from ..geometry.tiling import format_bytes
@@ -36,6 +39,14 @@ _FAULTS = {
 DISK_ERRNOS = frozenset(_FAULTS)
 # A compressed output holds at least its metadata: with less than this free nothing can be written.
 MIN_FREE = 64 << 10
+
+
+class DiskFault(RunError):
+    """A write failed because of the disk (full, over the file-size limit, I/O error, read-only).
+
+    A RunError (exit 1). The partial output is as the last successful write left it: what was made
+    durable and journalled before the fault can be resumed once there is room.
+    """
 
 
 def target_of(path: Path | str) -> Path:
@@ -83,13 +94,13 @@ def check_space(path: Path | str, nbytes: int, compressed: bool = False, *, reus
     `nbytes` is the output's size (for an uncompressed output: exactly its data plus header);
     `compressed` outputs are refused only when less than MIN_FREE is free, since their size is not
     known. `reusing` names a partial file being resumed, whose allocated blocks count as available.
-    Raises RunError (exit 1) naming the target, the bytes needed and the bytes free.
+    Raises DiskFault (a RunError, exit 1) naming the target, the bytes needed and the bytes free.
     """
     target = target_of(path)
     nbytes = int(nbytes)
     limit = file_size_limit()
     if not compressed and limit is not None and nbytes > limit:
-        raise RunError(
+        raise DiskFault(
             f"needs {format_bytes(nbytes)} ({nbytes} bytes) but the file-size limit (ulimit -f) is "
             f"{format_bytes(limit)} ({limit} bytes); raise the limit or write a compressed format",
             source=str(target),
@@ -99,24 +110,54 @@ def check_space(path: Path | str, nbytes: int, compressed: bool = False, *, reus
     need = MIN_FREE if compressed else nbytes
     if need > have:
         what = "at least" if compressed else ""
-        raise RunError(
+        raise DiskFault(
             f"needs {what + ' ' if what else ''}{format_bytes(need)} ({need} bytes) but "
             f"{format_bytes(free)} ({free} bytes) are free on its disk; free some space or write elsewhere",
             source=str(target),
         )
 
 
+_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
+
+
+def _linux_fallocate() -> Any:
+    """glibc's fallocate(2) wrapper, or None. posix_fallocate would instead emulate an unsupported
+    fallocate by writing a byte into every block of the file: minutes for a large output on NFS."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.fallocate64
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    call.restype = ctypes.c_int
+    return call
+
+
+def _allocate(fd: int, nbytes: int) -> None:
+    call = _linux_fallocate()
+    if call is None:
+        os.posix_fallocate(fd, 0, nbytes)
+        return
+    if call(fd, 0, 0, nbytes) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
+
+
 def reserve(fd: int, nbytes: int, path: Path | str) -> bool:
     """Allocate `nbytes` of blocks for an open file; False when the filesystem cannot reserve space.
 
-    A disk that cannot hold them raises the RunError of `disk_error` now, before any data is written.
+    A disk that cannot hold them raises the DiskFault of `disk_error` now, before any data is written.
     """
-    if nbytes <= 0 or not hasattr(os, "posix_fallocate"):
-        return nbytes <= 0
+    if nbytes <= 0:
+        return True
+    if not hasattr(os, "posix_fallocate") and not sys.platform.startswith("linux"):
+        return False
     try:
-        os.posix_fallocate(fd, 0, int(nbytes))
+        _allocate(fd, int(nbytes))
     except OSError as exc:
-        if exc.errno in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)):
+        if exc.errno in _UNSUPPORTED:
             return False
         raise disk_error(exc, path, nbytes) from None
     return True
@@ -127,7 +168,7 @@ def is_disk_fault(exc: BaseException) -> bool:
 
 
 def disk_error(exc: OSError, path: Path | str, nbytes: int | None = None) -> RunError:
-    """One line for a failed write of the output at `path`: what happened, and the space left there."""
+    """DiskFault for the errnos of DISK_ERRNOS, else a plain RunError: one line naming the target."""
     target = target_of(path)
     what, with_free = _FAULTS.get(exc.errno or 0, (exc.strerror or str(exc), False))
     parts = [f"writing failed: {what}"]
@@ -140,7 +181,17 @@ def disk_error(exc: OSError, path: Path | str, nbytes: int | None = None) -> Run
         except OSError:
             pass
     hint = "; free some space or write elsewhere" if with_free else ""
-    return RunError("; ".join(parts) + hint, source=str(target))
+    kind = DiskFault if exc.errno in DISK_ERRNOS else RunError
+    return kind("; ".join(parts) + hint, source=str(target))
 
 
-__all__ = ["check_space", "reserve", "disk_error", "is_disk_fault", "free_bytes", "target_of", "DISK_ERRNOS"]
+__all__ = [
+    "DISK_ERRNOS",
+    "DiskFault",
+    "check_space",
+    "disk_error",
+    "free_bytes",
+    "is_disk_fault",
+    "reserve",
+    "target_of",
+]
