@@ -2,6 +2,13 @@
 
 io may import `geometry` and `errors`; never torch, the engine, the layer, run or the CLI, so that
 reading and writing volumes is testable (and usable) without any of them.
+
+Hostile inputs and faulty disks are refused here, each with one line: `open_reader` takes only
+regular files (a directory for Zarr) and volumes with no zero-length axis, and each format refuses
+what it cannot read exactly (HDF5 data outside the file unless `allow_external`; damaged Zarr chunks).
+Readers count the chunks they met absent in `missing_chunks`. Before an output is created, the run
+calls `check_space(path, *output_size(...))` (io/space.py); writers turn disk faults into DiskFault
+(exit 1) and raise PartialUnusable when a partial cannot be resumed.
 """
 
 from __future__ import annotations
