@@ -137,6 +137,7 @@ def detect(path: os.PathLike | str) -> str:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = safe.check_members(archive, src)
+                safe.check_expansion(archive, src, path.stat().st_size)
         except zipfile.BadZipFile as exc:
             raise SpecError(f"not a readable zip archive: {exc}", source=src) from None
         if "config.json" in names:
@@ -166,7 +167,8 @@ def list_layers(source: os.PathLike | str, **options: Any) -> tuple[str, list[Ca
     _refuse_npz(kind, source)
     from . import keras
 
-    return keras.list_layers(Path(source), kind, config=options.get("config"))
+    with safe.archive_errors(str(source)):
+        return keras.list_layers(Path(source), kind, config=options.get("config"))
 
 
 def import_layer(
@@ -221,14 +223,15 @@ def import_layer(
         raise SpecError(f"{keras2_dilation!r}; use 'keep' or 'drop'", param="keras2_dilation")
     from . import keras
 
-    return keras.import_layer(
-        source,
-        kind,
-        layer,
-        config=None if config is None else Path(config),
-        weights=None if weights is None else Path(weights),
-        keras2_dilation=keras2_dilation,
-    )
+    with safe.archive_errors(str(source)):
+        return keras.import_layer(
+            source,
+            kind,
+            layer,
+            config=None if config is None else Path(config),
+            weights=None if weights is None else Path(weights),
+            keras2_dilation=keras2_dilation,
+        )
 
 
 def _refuse_npz(kind: str, source: Any) -> None:

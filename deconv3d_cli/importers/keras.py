@@ -224,6 +224,7 @@ def _config_file(path: Path) -> Any:
     try:
         with zipfile.ZipFile(path) as archive:
             names = safe.check_members(archive, src)
+            safe.check_expansion(archive, src, path.stat().st_size)
             if "config.json" not in names:
                 raise SpecError("a zip archive without config.json is not a Keras config", source=src)
             return safe.load_json_bytes(safe.read_member(archive, "config.json", src), src, "config.json")
@@ -326,7 +327,7 @@ def _read_weights(source: _Source, layer: KerasLayer, cfg: Mapping[str, Any], sr
     w = source.weights
     use_bias = cfg.get("use_bias", True)
     if isinstance(w, tuple) and w[0] == "npz":
-        return load_npz(w[1])
+        return load_npz(w[1], expect=_expected_kernel(cfg))
     where = f"{source.weights_desc}"
     if safe.h5_attr_list(w, "layer_names") or safe.h5_child(w, "layers", src) is None:
         kernel, bias = _legacy_weights(w, layer, src, where)

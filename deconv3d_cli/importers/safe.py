@@ -5,24 +5,30 @@
   (absolute, `..`, backslashes, drive letters) is refused as a whole.
 - HDF5 groups are walked through hard links only: soft and external links and datasets with external
   or virtual storage (which would read other files) are refused.
-- JSON and YAML are read with `json` and `yaml.safe_load` (no tags, so no Python objects).
+- JSON and YAML are read by layer/textconfig.py: no tags (so no Python objects), aliases and nesting
+  bounded.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import zipfile
+import zlib
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import SpecError
+from ..layer import textconfig
 
 # A config or metadata member larger than this is not a Keras config.
-MAX_TEXT_BYTES = 64 << 20
+MAX_TEXT_BYTES = textconfig.MAX_TEXT_BYTES
+# An archive's members may declare at most this many times the file's size (plus the slack) uncompressed.
+EXPANSION_FACTOR = 2
+EXPANSION_SLACK = 64 << 20
 # Arrays larger than this (elements; 1 GiB of float32) are refused before they are read: no real kernel is.
 MAX_ARRAY_ELEMENTS = 1 << 28
 
@@ -74,49 +80,58 @@ def check_members(archive: zipfile.ZipFile, source: str) -> list[str]:
     return names
 
 
+@contextmanager
+def archive_errors(source: str) -> Iterator[None]:
+    """Damage met while a member is streamed (h5py reading model.weights.h5 from the zip) as one line."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error) as exc:
+        raise SpecError(f"an archive member is damaged ({exc}); the archive is corrupt", source=source) from None
+
+
+def check_expansion(archive: zipfile.ZipFile, source: str, file_size: int) -> None:
+    """Refuse an archive whose members declare more than EXPANSION_FACTOR times the file's size (plus
+    EXPANSION_SLACK) before any of them is decompressed: model files are stored or barely compressible
+    (float weights), so a larger ratio is a decompression bomb (1.4 MB of zip reaching 1.46 GiB)."""
+    infos = archive.infolist()
+    declared = sum(info.file_size for info in infos)
+    allowed = EXPANSION_FACTOR * file_size + EXPANSION_SLACK
+    if declared > allowed:
+        largest = max(infos, key=lambda info: info.file_size)
+        raise SpecError(
+            f"archive member {largest.filename!r} declares {largest.file_size} bytes and all members "
+            f"{declared}, more than {EXPANSION_FACTOR}x the file's {file_size} bytes plus "
+            f"{EXPANSION_SLACK >> 20} MiB; refused before decompressing (a zip bomb?)",
+            source=source,
+        )
+
+
 def read_member(archive: zipfile.ZipFile, name: str, source: str, limit: int = MAX_TEXT_BYTES) -> bytes:
     info = archive.getinfo(name)
     if info.file_size > limit:
         raise SpecError(f"archive member {name!r} is {info.file_size} bytes, over {limit}; refused", source=source)
-    with archive.open(info) as fh:
-        data = fh.read(limit + 1)
+    try:
+        with archive.open(info) as fh:
+            data = fh.read(limit + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError) as exc:
+        raise SpecError(f"archive member {name!r} is damaged ({exc}); the archive is corrupt", source=source) from None
     if len(data) > limit:
         raise SpecError(f"archive member {name!r} is larger than it claims; refused", source=source)
     return data
 
 
 def load_json_bytes(data: bytes, source: str, what: str) -> Any:
+    """A JSON member or attribute, depth-bounded (layer/textconfig.py)."""
     try:
-        return json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise SpecError(f"{what} is not valid JSON: {exc}", source=source) from None
+    return textconfig.loads_json(text, source, what)
 
 
 def load_text_config(path: Path) -> Any:
-    """A JSON or YAML document, read with the safe loader only (a Python tag is refused)."""
-    import yaml
-
-    src = str(path)
-    try:
-        size = path.stat().st_size
-        if size > MAX_TEXT_BYTES:
-            raise SpecError(f"{size} bytes is too large for a config file", source=src)
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SpecError("file not found", source=src) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read: {exc}", source=src) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.constructor.ConstructorError as exc:
-        raise SpecError(f"YAML tag not allowed ({exc.problem}); configs are plain data", source=src) from None
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise SpecError(f"not valid JSON or YAML{where}: {getattr(exc, 'problem', exc)}", source=src) from None
-    if data is None:
-        raise SpecError("file is empty", source=src)
-    return data
+    """A JSON or YAML document, read with the one bounded safe reader (layer/textconfig.py)."""
+    return textconfig.load_file(path)
 
 
 # --------------------------------------------------------------------------------------------- HDF5

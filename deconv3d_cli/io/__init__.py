@@ -2,11 +2,20 @@
 
 io may import `geometry` and `errors`; never torch, the engine, the layer, run or the CLI, so that
 reading and writing volumes is testable (and usable) without any of them.
+
+Hostile inputs and faulty disks are refused here, each with one line: `open_reader` takes only
+regular files (a directory for Zarr) and volumes with no zero-length axis, and each format refuses
+what it cannot read exactly (HDF5 data outside the file unless `allow_external`; damaged Zarr chunks).
+Readers count the chunks they met absent in `missing_chunks`. Before an output is created, the run
+calls `check_space(path, *output_size(...))` (io/space.py); writers turn disk faults into DiskFault
+(exit 1) and raise PartialUnusable when a partial cannot be resumed.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +25,8 @@ import numpy as np
 from ..errors import InputError
 from ..geometry import axis as geometry
 from ..geometry.axis import Axis
-from .base import PartialUnusable, Reader, VolumeMeta, Writer
+from .base import PartialUnusable, Reader, VolumeMeta, Writer, kind_of, require_regular
+from .space import DiskFault, check_space, disk_error
 
 # Format modules are imported on first use, so a format's library (h5py, nibabel, zarr) costs nothing
 # until a file of that format is touched; formats.py holds what each can do.
@@ -33,19 +43,64 @@ def format_of(path: Path | str) -> str:
     return facts_of(path).name
 
 
-def open_reader(path: Path | str, dataset: str | None = None, **hints: Any) -> Reader:
+def open_reader(path: Path | str, dataset: str | None = None, *, allow_external: bool = False, **hints: Any) -> Reader:
     """The reader for `path`. Hints help formats whose axes are ambiguous (NIfTI's 4th axis):
-    `fourth_axis` ('auto', 'channels' or 'series') and `in_channels` (the layer's, when known)."""
+    `fourth_axis` ('auto', 'channels' or 'series') and `in_channels` (the layer's, when known).
+
+    `allow_external` lets an HDF5 input read data kept in other files (external raw storage, external
+    links, virtual datasets); by default such inputs are refused. Other formats ignore it.
+    Refused at once, with one line: anything but a regular file (a directory for Zarr), which could
+    block (a FIFO) or is not a volume, and volumes with a zero-length axis.
+    """
     path = Path(path)
     fmt = format_of(path)
-    if not path.exists():
-        raise InputError("no such file", source=str(path))
+    _check_kind(path, fmt)
     if fmt == "nifti":
-        return _module(fmt).open_reader(path, dataset, **hints)
-    fourth_axis = hints.get("fourth_axis")
-    if fourth_axis not in (None, "auto"):
-        raise InputError("--fourth-axis applies to NIfTI inputs", source=str(path), param="fourth_axis")
-    return _module(fmt).open_reader(path, dataset)
+        reader = _module(fmt).open_reader(path, dataset, **hints)
+    else:
+        fourth_axis = hints.get("fourth_axis")
+        if fourth_axis not in (None, "auto"):
+            raise InputError("--fourth-axis applies to NIfTI inputs", source=str(path), param="fourth_axis")
+        if fmt == "hdf5":
+            reader = _module(fmt).open_reader(path, dataset, allow_external=allow_external)
+        else:
+            reader = _module(fmt).open_reader(path, dataset)
+    if not hasattr(reader, "missing_chunks"):
+        reader.missing_chunks = 0
+    _refuse_empty(reader)
+    return reader
+
+
+_WHAT = {"npy": "an .npy file", "hdf5": "an HDF5 file", "nifti": "a NIfTI file"}
+
+
+def _check_kind(path: Path, fmt: str) -> None:
+    """A Zarr store must be a directory, every other input a regular file."""
+    if fmt != "zarr":
+        require_regular(path, _WHAT[fmt])
+        return
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        raise InputError("no such file", source=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    if not stat.S_ISDIR(mode):
+        what = "a file" if stat.S_ISREG(mode) else kind_of(mode)
+        raise InputError(f"is {what}; a Zarr store (.zarr) is a directory", source=str(path))
+
+
+def _refuse_empty(reader: Reader) -> None:
+    """A zero-length axis holds no voxels: every size and tile count would divide by it."""
+    shape = tuple(reader.shape)
+    if any(int(n) <= 0 for n in shape):
+        axis = next(a for a, n in enumerate(shape) if int(n) <= 0)
+        reader.close()
+        raise InputError(
+            f"{shape} has length {shape[axis]} on axis {axis}; a volume needs at least one voxel on every axis",
+            source=str(reader.path),
+            field="shape",
+        )
 
 
 def create_writer(
@@ -67,6 +122,23 @@ def output_chunks(
     module = _module(fmt)
     chooser = getattr(module, "output_chunks", None)
     return None if chooser is None else chooser(shape, np.dtype(dtype), layout, options)
+
+
+def output_size(
+    path: Path | str, fmt: str, shape: tuple[int, ...], dtype: Any, layout: Any, options: dict[str, Any]
+) -> tuple[int, bool]:
+    """(bytes, compressed) for `check_space`: the output's size when it is certain, else (lower bound, True).
+
+    Certain: `.npy` (header + data), `.nii` and uncompressed HDF5 (whole chunks). Compressed formats,
+    and Zarr (which does not store chunks that hold only the fill value), are uncertain.
+    """
+    module = _module(fmt)
+    if fmt == "nifti":  # .nii or .nii.gz: the suffix decides
+        return module.output_size(tuple(int(n) for n in shape), np.dtype(dtype), layout, options, path=path)
+    sizer = getattr(module, "output_size", None)
+    if sizer is not None:
+        return sizer(tuple(int(n) for n in shape), np.dtype(dtype), layout, options)
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize, False
 
 
 def writes_slabs(fmt: str) -> bool:
@@ -97,4 +169,16 @@ def output_meta(meta: VolumeMeta, axes: Sequence[Axis]) -> VolumeMeta:
     )
 
 
-__all__ = ["PartialUnusable", "Reader", "Writer", "VolumeMeta", "open_reader", "create_writer", "format_of"]
+__all__ = [
+    "DiskFault",
+    "PartialUnusable",
+    "Reader",
+    "Writer",
+    "VolumeMeta",
+    "check_space",
+    "create_writer",
+    "disk_error",
+    "format_of",
+    "open_reader",
+    "output_size",
+]

@@ -7,6 +7,8 @@ the output and makes them durable on `flush`. Geometry travels beside the data a
 from __future__ import annotations
 
 import inspect
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -14,6 +16,41 @@ from typing import Any, Protocol
 import numpy as np
 
 from ..errors import InputError
+
+
+class PartialUnusable(InputError):
+    """A partial output left by a killed run cannot be reopened for `resume`: start it over.
+
+    Raised by `create_writer(..., resume=True)` only, so a run core can catch exactly this (and not a
+    refusal of the user's input) and begin the output afresh.
+    """
+
+
+_KINDS = (
+    (stat.S_ISDIR, "a directory"),
+    (stat.S_ISFIFO, "a FIFO (named pipe)"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+def kind_of(mode: int) -> str:
+    """'a directory', 'a FIFO (named pipe)', ... for a stat mode that is not a regular file."""
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def require_regular(path: Path, what: str) -> os.stat_result:
+    """The file's stat, after refusing anything but a regular file (a FIFO would block the read forever)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError("no such file", source=str(path)) from None
+    except OSError as exc:
+        raise InputError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"is {kind_of(st.st_mode)}, not {what}; give a regular file", source=str(path))
+    return st
 
 
 @dataclass
@@ -49,6 +86,9 @@ class Reader(Protocol):
     chunks: tuple[int, ...] | None
     meta: VolumeMeta
     format: str
+    # Distinct stored chunks that reads met absent (they read as the fill value, as the format says);
+    # always 0 for formats without chunks. Grows as reads go on: read it after the last read.
+    missing_chunks: int
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray: ...
 
@@ -66,8 +106,3 @@ class Writer(Protocol):
     def flush(self) -> None: ...
 
     def close(self) -> None: ...
-
-
-class PartialUnusable(InputError):
-    """A partial output that cannot be reopened for `--resume` (killed before its format's metadata was
-    durable, say): the run starts over instead, with a note."""

@@ -97,6 +97,11 @@ class RunWriter:
             self._bounce = None
 
 
+def write_at(fd: int, data: memoryview, offset: int) -> None:
+    """pwrite all of `data` at `offset` through the page cache (short writes continued)."""
+    _pwrite_all(fd, data, offset)
+
+
 def _pwrite_all(fd: int, data: memoryview, offset: int) -> None:
     while len(data):
         written = os.pwrite(fd, data, offset)

@@ -7,12 +7,36 @@ gzip_stream keeps one `Pending` per member that has received some but not all of
 
 from __future__ import annotations
 
+import ctypes
 import os
+import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..errors import RunError
 from . import space
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_LIBC: list[object] = []
+
+
+def punch_hole(fd: int, offset: int, length: int) -> bool:
+    """Give a byte range's blocks back to the filesystem, the file keeping its size; False when unsupported."""
+    if length <= 0:
+        return True
+    if not _LIBC:
+        try:
+            lib = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+            call = lib.fallocate64 if lib is not None else None
+            if call is not None:
+                call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+                call.restype = ctypes.c_int
+            _LIBC.append(call)
+        except (OSError, AttributeError):
+            _LIBC.append(None)
+    call = _LIBC[0]
+    return call is not None and call(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0  # type: ignore[operator]
 
 
 def usable_cpus() -> int:

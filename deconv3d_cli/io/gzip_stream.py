@@ -41,7 +41,7 @@ from typing import Any
 from ..errors import InputError, RunError
 from . import gzip_members, space
 from .atomic import fsync_path
-from .gzip_pending import Pending, Ranges, usable_cpus
+from .gzip_pending import Pending, Ranges, punch_hole, usable_cpus
 
 MEMBER_BYTES = 4 << 20
 PENDING_BYTES = 64 << 20
@@ -306,7 +306,7 @@ class GzipStreamWriter:
                         os.fsync(seg.fd)
                 self._write_index()
                 for a, b in self._punch:
-                    space.punch_hole(self._spill(), a, b - a)
+                    punch_hole(self._spill(), a, b - a)
                 self._punch = []
             except OSError as exc:
                 raise space.disk_error(exc, self.path) from None

@@ -53,8 +53,18 @@ from ..errors import InputError, RunError
 from .base import VolumeMeta
 from .gzip_members import MAGIC
 from .gzip_read import BLOCK, GzipSource
-from .nifti_header import carried_fields, data_offset, fit_scaling, geometry, nib, read_header, scaling, xform_name
-from .nifti_layout import AxisMap, FileOrder, normalise_shape, reader_axes
+from .nifti_header import (
+    NIFTI1_MAX_DIM,
+    carried_fields,
+    data_offset,
+    fit_scaling,
+    geometry,
+    nib,
+    read_header,
+    scaling,
+    xform_name,
+)
+from .nifti_layout import AxisMap, FileOrder, normalise_shape, reader_axes, writer_axes
 from .nifti_write import NiftiGzWriter, NiftiWriter
 
 FOURTH_AXIS_CHOICES = ("auto", "channels", "series")
@@ -190,6 +200,19 @@ class NiftiReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def output_size(
+    shape: tuple[int, ...], dtype: np.dtype, layout: Any, options: dict[str, Any], path: Path | str = ""
+) -> tuple[int, bool]:
+    """(header + data bytes, False) for a `.nii` of this output (NIfTI-2 and vectors too); for a `.nii.gz`
+    (header bytes, True): only a lower bound is certain. For io.check_space."""
+    data_format = str(getattr(layout, "data_format", None) or "channels_last")
+    _, file_shape = writer_axes(tuple(int(n) for n in shape), data_format)
+    header = 540 + 4 if max(file_shape) > NIFTI1_MAX_DIM else 348 + 4
+    if str(path).lower().endswith(".gz"):
+        return header, True
+    return header + math.prod(file_shape) * np.dtype(dtype).itemsize, False
 
 
 def open_reader(

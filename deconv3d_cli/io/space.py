@@ -1,12 +1,17 @@
-"""Disk space for outputs: reserve it before writing, and say plainly when a disk fault stops a write.
+"""Disk space: refuse an output that cannot fit, reserve a file's blocks, and name a disk fault in one line.
 
-A file written through a memory map learns that the disk is full as SIGBUS, which kills the process
-with no message and leaves the partial output behind. Writers here use plain writes (pwrite), so a full
-disk is an OSError, and reserve the file's final size first with `posix_fallocate` wherever the
-filesystem supports it, so that a run that cannot fit is refused before anything is computed.
+A full disk must be an ordinary error, never a signal. A file written through a memory map whose pages
+find no free block gets SIGBUS (the process dies with no message and leaves its partial behind), and
+HDF5 crashes later if a failed write is followed by a close (see hdf5_writer.abandon). So:
 
-`disk_error` turns ENOSPC / EDQUOT / EFBIG / EIO into a RunError (exit 1) of one line naming the file
-and the free space there; other OSErrors pass through unchanged.
+- `check_space` runs before an output is created: an uncompressed output whose size is known exactly
+  is refused when it cannot fit the free space (or the process's file-size limit, `ulimit -f`);
+  a compressed one only when nothing at all can be written, the one thing that is certain about it.
+- `reserve` allocates a file's blocks at creation (fallocate(2)), so that later writes, through maps
+  or not, cannot run out of space; filesystems that cannot reserve say so and the caller then writes
+  without maps.
+- `disk_error` turns ENOSPC / EDQUOT / EFBIG / EIO / EROFS into a `RunError` (exit 1) naming the
+  target (not its `.partial-` file) and the space left on its disk.
 """
 
 from __future__ import annotations
@@ -14,90 +19,179 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import shutil
+import resource
+import sys
 from pathlib import Path
+from typing import Any
 
 from ..errors import RunError
 from ..geometry.tiling import format_bytes
+from .atomic import PARTIAL_PREFIX
 
-DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO)
-# Filesystems that cannot reserve space: the file is then only sized, and a full disk shows as the
-# ordinary ENOSPC of a later write (no memory maps, so never SIGBUS).
-_UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, errno.ENODEV)
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-
-
-def free_bytes(path: Path | str) -> int | None:
-    """Bytes free to this user on the filesystem holding `path` (its folder when it does not exist)."""
-    p = Path(path)
-    for candidate in (p, p.parent):
-        try:
-            return shutil.disk_usage(candidate).free
-        except OSError:
-            continue
-    return None
+# errno -> what it means for the user, and whether the free space is worth naming.
+_FAULTS = {
+    errno.ENOSPC: ("no space left on the device", True),
+    errno.EDQUOT: ("disk quota exceeded", True),
+    errno.EFBIG: ("file too large for this filesystem or for the file-size limit (ulimit -f)", False),
+    errno.EIO: ("input/output error on the device", False),
+    errno.EROFS: ("the filesystem is read-only", False),
+}
+DISK_ERRNOS = frozenset(_FAULTS)
+# A compressed output holds at least its metadata: with less than this free nothing can be written.
+MIN_FREE = 64 << 10
 
 
-def disk_error(exc: OSError, path: Path | str, need: int | None = None) -> Exception:
-    """The RunError to raise for a disk fault while writing `path`, else `exc` itself."""
-    if exc.errno not in DISK_ERRNOS:
-        return exc
-    free = free_bytes(path)
-    where = f"{format_bytes(free)} free there" if free is not None else "free space unknown"
-    wanted = f", {format_bytes(need)} needed" if need else ""
-    if exc.errno == errno.EFBIG:
-        why = "file size limit reached (ulimit -f, or the filesystem's largest file)"
-    elif exc.errno == errno.EIO:
-        why = "input/output error from the disk"
-    else:
-        why = "no space left on the disk" if exc.errno == errno.ENOSPC else "disk quota exceeded"
-    return RunError(f"cannot write: {why} ({where}{wanted}); free space or write elsewhere", source=str(path))
+class DiskFault(RunError):
+    """A write failed because of the disk (full, over the file-size limit, I/O error, read-only).
 
-
-def reserve(fd: int, size: int, path: Path | str) -> bool:
-    """Allocate `size` bytes for the open file `fd`; True when the filesystem reserved them.
-
-    The file is at least `size` bytes long afterwards either way. Raises RunError (disk_error) when
-    the space is not there.
+    A RunError (exit 1). The partial output is as the last successful write left it: what was made
+    durable and journalled before the fault can be resumed once there is room.
     """
-    try:
-        os.posix_fallocate(fd, 0, size)
-        return True
-    except OSError as exc:
-        if exc.errno not in _UNSUPPORTED:
-            raise disk_error(exc, path, size) from None
-    try:
-        if os.fstat(fd).st_size < size:
-            os.ftruncate(fd, size)
-    except OSError as exc:
-        raise disk_error(exc, path, size) from None
-    return False
 
 
-def punch_hole(fd: int, offset: int, length: int) -> bool:
-    """Give the blocks of a byte range back to the filesystem (the file keeps its size); False when unsupported."""
-    if length <= 0:
+def target_of(path: Path | str) -> Path:
+    """The output a partial file or store stands for (`.partial-out.h5` -> `out.h5`)."""
+    path = Path(path)
+    return path.with_name(path.name.removeprefix(PARTIAL_PREFIX))
+
+
+def _existing(path: Path) -> Path:
+    """`path` or its nearest existing ancestor (the folder an output will be created in)."""
+    path = Path(os.path.abspath(path))
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def free_bytes(path: Path | str) -> int:
+    """Bytes this process may still write on the filesystem holding `path`.
+
+    root may use the blocks reserved for it (statvfs f_bfree); others only f_bavail (what
+    `shutil.disk_usage(...).free` reports).
+    """
+    st = os.statvfs(_existing(Path(path)))
+    blocks = st.f_bfree if os.geteuid() == 0 else st.f_bavail
+    return int(blocks) * int(st.f_frsize)
+
+
+def file_size_limit() -> int | None:
+    """The process's file-size limit (RLIMIT_FSIZE) in bytes, or None when unlimited."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+    return None if soft == resource.RLIM_INFINITY else int(soft)
+
+
+def allocated_bytes(path: Path | str) -> int:
+    """Bytes already allocated to a file (a partial being resumed holds them): 0 when absent."""
+    try:
+        return int(os.stat(path).st_blocks) * 512
+    except OSError:
+        return 0
+
+
+def check_space(path: Path | str, nbytes: int, compressed: bool = False, *, reusing: Path | str | None = None) -> None:
+    """Refuse, before anything is created, an output at `path` that cannot fit its disk.
+
+    `nbytes` is the output's size (for an uncompressed output: exactly its data plus header);
+    `compressed` outputs are refused only when less than MIN_FREE is free, since their size is not
+    known. `reusing` names a partial file being resumed, whose allocated blocks count as available.
+    Raises DiskFault (a RunError, exit 1) naming the target, the bytes needed and the bytes free.
+    """
+    target = target_of(path)
+    nbytes = int(nbytes)
+    limit = file_size_limit()
+    if not compressed and limit is not None and nbytes > limit:
+        raise DiskFault(
+            f"needs {format_bytes(nbytes)} ({nbytes} bytes) but the file-size limit (ulimit -f) is "
+            f"{format_bytes(limit)} ({limit} bytes); raise the limit or write a compressed format",
+            source=str(target),
+        )
+    free = free_bytes(path)
+    have = free + (allocated_bytes(reusing) if reusing is not None else 0)
+    need = MIN_FREE if compressed else nbytes
+    if need > have:
+        what = "at least" if compressed else ""
+        raise DiskFault(
+            f"needs {what + ' ' if what else ''}{format_bytes(need)} ({need} bytes) but "
+            f"{format_bytes(free)} ({free} bytes) are free on its disk; free some space or write elsewhere",
+            source=str(target),
+        )
+
+
+_UNSUPPORTED = frozenset({errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL, getattr(errno, "ENOTSUP", errno.EOPNOTSUPP)})
+
+
+def _linux_fallocate() -> Any:
+    """glibc's fallocate(2) wrapper, or None. posix_fallocate would instead emulate an unsupported
+    fallocate by writing a byte into every block of the file: minutes for a large output on NFS."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        call = libc.fallocate64
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    call.restype = ctypes.c_int
+    return call
+
+
+def _allocate(fd: int, nbytes: int) -> None:
+    call = _linux_fallocate()
+    if call is None:
+        os.posix_fallocate(fd, 0, nbytes)
+        return
+    if call(fd, 0, 0, nbytes) != 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number))
+
+
+def reserve(fd: int, nbytes: int, path: Path | str) -> bool:
+    """Allocate `nbytes` of blocks for an open file; False when the filesystem cannot reserve space.
+
+    A disk that cannot hold them raises the DiskFault of `disk_error` now, before any data is written.
+    """
+    if nbytes <= 0:
         return True
-    libc = _libc()
-    if libc is None:
+    if not hasattr(os, "posix_fallocate") and not sys.platform.startswith("linux"):
         return False
-    rc = libc.fallocate(
-        fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, ctypes.c_int64(offset), ctypes.c_int64(length)
-    )
-    return rc == 0
+    try:
+        _allocate(fd, int(nbytes))
+    except OSError as exc:
+        if exc.errno in _UNSUPPORTED:
+            return False
+        raise disk_error(exc, path, nbytes) from None
+    return True
 
 
-_LIBC: list[object] = []
+def is_disk_fault(exc: BaseException) -> bool:
+    return isinstance(exc, OSError) and exc.errno in DISK_ERRNOS
 
 
-def _libc() -> object | None:
-    if not _LIBC:
+def disk_error(exc: OSError, path: Path | str, nbytes: int | None = None) -> RunError:
+    """DiskFault for the errnos of DISK_ERRNOS, else a plain RunError: one line naming the target."""
+    target = target_of(path)
+    what, with_free = _FAULTS.get(exc.errno or 0, (exc.strerror or str(exc), False))
+    parts = [f"writing failed: {what}"]
+    if nbytes is not None:
+        parts.append(f"the output needs {format_bytes(nbytes)} ({nbytes} bytes)")
+    if with_free:
         try:
-            lib = ctypes.CDLL(None, use_errno=True)
-            lib.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
-            lib.fallocate.restype = ctypes.c_int
-            _LIBC.append(lib)
-        except (OSError, AttributeError):
-            _LIBC.append(None)
-    return _LIBC[0]  # type: ignore[return-value]
+            free = free_bytes(target.parent)
+            parts.append(f"{format_bytes(free)} ({free} bytes) free on its disk")
+        except OSError:
+            pass
+    hint = "; free some space or write elsewhere" if with_free else ""
+    kind = DiskFault if exc.errno in DISK_ERRNOS else RunError
+    return kind("; ".join(parts) + hint, source=str(target))
+
+
+__all__ = [
+    "DISK_ERRNOS",
+    "DiskFault",
+    "check_space",
+    "disk_error",
+    "free_bytes",
+    "is_disk_fault",
+    "reserve",
+    "target_of",
+]

@@ -52,17 +52,19 @@ def normalise(
 
 def parse_option(text: str) -> Any:
     """A named object from the command line: `he_normal`, `max_norm:max_value=3,axis=[0,1,2]`, or a
-    YAML/JSON mapping such as `{class_name: VarianceScaling, config: {scale: 2.0}}` (safe loader)."""
-    import yaml
+    YAML/JSON mapping such as `{class_name: VarianceScaling, config: {scale: 2.0}}` (the bounded safe
+    reader of textconfig.py)."""
+    from ..errors import SpecError
+    from .textconfig import loads
 
     text = text.strip()
     try:
         if text.startswith("{"):
-            return yaml.safe_load(text)
+            return loads(text)
         if ":" not in text:
             return text
         name, args = text.split(":", 1)
-        config = yaml.safe_load("{" + args.replace("=", ": ") + "}") if args.strip() else {}
-    except yaml.YAMLError:
+        config = loads("{" + args.replace("=", ": ") + "}") if args.strip() else {}
+    except SpecError:
         raise ValueError(f"{text!r}: use NAME, NAME:key=value,key=value or a YAML mapping") from None
     return {"class_name": name.strip(), "config": config}

@@ -2,13 +2,14 @@
 
 Everything downstream (engine, tiler, writers, API) trusts a LayerSpec, so every refusal of
 SEMANTICS.md happens here, with a message that names the file, the field and what would work.
-Specs are read from YAML (safe loader only), from Keras's serialised form, or built in code; weights
-come from an `.npz` read without pickle, or from the named initializers.
+Specs are read from YAML (the bounded safe reader of textconfig.py), from Keras's serialised form, or
+built in code; weights come from an `.npz` read without pickle and checked against the spec before it
+is decompressed (weights.py), or from the named initializers. Single arguments and the size bounds
+are checked in arguments.py.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -22,82 +23,24 @@ from ..errors import SpecError
 from ..geometry import axis as geometry
 from ..geometry.layout import CHANNELS_FIRST, CHANNELS_LAST, Layout
 from . import activations, constraints, initializers, regularizers
+from .arguments import (
+    KERAS_ARGS,
+    check_count,
+    check_extents,
+    check_output_padding,
+    check_weights_count,
+    keras_arguments,
+    optional_named,
+    parse_padding,
+    parse_triple,
+)
+from .weights import load_npz
 
 Triple = tuple[int, int, int]
-
-KERAS_ARGS = (
-    "filters",
-    "kernel_size",
-    "strides",
-    "padding",
-    "output_padding",
-    "data_format",
-    "dilation_rate",
-    "activation",
-    "use_bias",
-    "kernel_initializer",
-    "bias_initializer",
-    "kernel_regularizer",
-    "bias_regularizer",
-    "activity_regularizer",
-    "kernel_constraint",
-    "bias_constraint",
-)
-# Keys Keras's get_config() adds that do not change what the layer computes.
-KERAS_META = ("name", "trainable", "dtype", "batch_input_shape", "batch_shape", "groups", "input_dim")
-# Keys of our own: where the weights are, and how to make them when there are none.
-OWN_KEYS = ("weights", "weights_layout", "seed", "in_channels")
-SERIALISED_KEYS = ("class_name", "config", "module", "registered_name", "build_config")
-ALL_KEYS = KERAS_ARGS + KERAS_META + OWN_KEYS
 
 # Keras's defaults for each named regularizer and constraint (normalised in regularizers.py / constraints.py).
 REGULARIZERS = regularizers.DEFAULTS
 CONSTRAINTS = constraints.DEFAULTS
-
-
-def parse_triple(value: Any, name: str, source: str | None, minimum: int = 1) -> Triple:
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        vals = (int(value),) * 3
-    elif (
-        isinstance(value, (list, tuple))
-        and len(value) in (1, 3)
-        and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)
-    ):
-        vals = tuple(int(v) for v in value) * (3 if len(value) == 1 else 1)
-    else:
-        raise SpecError(f"expected an integer or a list of 3 integers, got {value!r}", source=source, field=name)
-    if any(v < minimum for v in vals):
-        raise SpecError(f"every value must be >= {minimum}, got {list(vals)}", source=source, field=name)
-    return vals  # type: ignore[return-value]
-
-
-def _optional_named(value: Any, normalise: Any, name: str, source: str | None) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    try:
-        return normalise(value)
-    except ValueError as exc:
-        raise SpecError(str(exc), source=source, field=name) from None
-
-
-def _padding(value: Any, source: str | None) -> str | Triple:
-    """'valid' / 'same' (any case), or PyTorch's per-axis crop [p_d, p_h, p_w] (a list, never a bare int)."""
-    if isinstance(value, str):
-        if value.lower() in (geometry.VALID, geometry.SAME):
-            return value.lower()
-        hint = " ('causal' exists only for 1-D convolutions)" if value.lower() == "causal" else ""
-        raise SpecError(
-            f"{value!r} is not supported{hint}; use 'valid' or 'same' (or [p_d, p_h, p_w], PyTorch's padding)",
-            source=source,
-            field="padding",
-        )
-    if isinstance(value, (list, tuple)) and len(value) == 3:
-        return parse_triple(list(value), "padding", source, minimum=0)
-    raise SpecError(
-        f"{value!r} is not supported; use 'valid' or 'same' (or [p_d, p_h, p_w], PyTorch's padding)",
-        source=source,
-        field="padding",
-    )
 
 
 @dataclass(frozen=True, eq=False)
@@ -138,17 +81,22 @@ class LayerSpec:
         def get(key: str, default: Any = None) -> Any:
             return kwargs.get(key, default)
 
-        filters = get("filters")
-        if filters is None:
+        if get("filters") is None:
             raise SpecError("is required (the number of output channels, e.g. 1)", source=src, field="filters")
-        if isinstance(filters, bool) or not isinstance(filters, (int, np.integer)) or filters < 1:
-            raise SpecError(f"must be a positive integer, got {filters!r}", source=src, field="filters")
+        filters = check_count(get("filters"), "filters", src, "output channels")
         if get("kernel_size") is None:
             raise SpecError("is required, e.g. 3 or [3, 3, 3]", source=src, field="kernel_size")
         kernel_size = parse_triple(get("kernel_size"), "kernel_size", src)
         strides = parse_triple(get("strides", 1), "strides", src)
         dilation = parse_triple(get("dilation_rate", 1), "dilation_rate", src)
-        padding = _padding(get("padding", "valid"), src)
+        for name, values in (("kernel_size", kernel_size), ("strides", strides), ("dilation_rate", dilation)):
+            check_extents(values, name, src)
+        in_channels = check_count(get("in_channels"), "in_channels", src, "input channels")
+        check_weights_count(kernel_size, filters, in_channels, src)
+        name = get("name")
+        if name is not None and not isinstance(name, str):
+            raise SpecError(f"must be a string, got {type(name).__name__}", source=src, field="name")
+        padding = parse_padding(get("padding", "valid"), src)
         explicit = not isinstance(padding, str)  # PyTorch's padding: torch's rules, not Keras's, apply below
         data_format = get("data_format") or CHANNELS_LAST
         if not isinstance(data_format, str) or data_format.lower() not in (CHANNELS_LAST, CHANNELS_FIRST):
@@ -165,36 +113,7 @@ class LayerSpec:
             )
         op = get("output_padding")
         output_padding = None if op is None else parse_triple(op, "output_padding", src, minimum=0)
-        if output_padding is not None and explicit:
-            # torch.nn.ConvTranspose3d: "output padding must be smaller than either stride or dilation".
-            for axis, (p, s, d) in enumerate(zip(output_padding, strides, dilation)):
-                if p >= max(s, d):
-                    raise SpecError(
-                        f"{list(output_padding)}: with PyTorch's padding, output_padding must be smaller than "
-                        f"the stride or the dilation on every axis (axis {axis}: {p} >= max({s}, {d})); "
-                        f"use at most {max(s, d) - 1} there",
-                        source=src,
-                        field="output_padding",
-                    )
-        elif output_padding is not None:
-            for axis, (p, s) in enumerate(zip(output_padding, strides)):
-                if p >= s:
-                    raise SpecError(
-                        f"{list(output_padding)} must be smaller than strides {list(strides)} on every axis "
-                        f"(axis {axis}: {p} >= {s}); use at most {s - 1} there, or null",
-                        source=src,
-                        field="output_padding",
-                    )
-            if padding == geometry.SAME:
-                for axis, (k, d, p) in enumerate(zip(kernel_size, dilation, output_padding)):
-                    if geometry.effective_kernel(k, d) % 2 == 0 and p == 0:
-                        raise SpecError(
-                            f"with padding 'same', an even effective kernel ({geometry.effective_kernel(k, d)}) "
-                            f"and output_padding 0 on axis {axis}, TensorFlow cannot produce the output length "
-                            f"and aborts; use output_padding >= 1 on axis {axis}, or null",
-                            source=src,
-                            field="output_padding",
-                        )
+        check_output_padding(output_padding, strides, dilation, kernel_size, padding, src)
         try:
             activation = activations.normalise(get("activation"))
         except ValueError as exc:
@@ -209,11 +128,11 @@ class LayerSpec:
             except ValueError as exc:
                 raise SpecError(str(exc), source=src, field=key) from None
         regs = {
-            key: _optional_named(get(key), regularizers.normalise, key, src)
+            key: optional_named(get(key), regularizers.normalise, key, src)
             for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer")
         }
         cons = {
-            key: _optional_named(get(key), constraints.normalise, key, src)
+            key: optional_named(get(key), constraints.normalise, key, src)
             for key in ("kernel_constraint", "bias_constraint")
         }
         groups = get("groups", 1)
@@ -222,13 +141,8 @@ class LayerSpec:
         seed = get("seed")
         if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
             raise SpecError(f"must be an integer, got {seed!r}", source=src, field="seed")
-        in_channels = get("in_channels")
-        if in_channels is not None and (
-            isinstance(in_channels, bool) or not isinstance(in_channels, (int, np.integer)) or in_channels < 1
-        ):
-            raise SpecError(f"must be a positive integer, got {in_channels!r}", source=src, field="in_channels")
         spec = cls(
-            filters=int(filters),
+            filters=filters,
             kernel_size=kernel_size,
             strides=strides,
             padding=padding,
@@ -237,9 +151,9 @@ class LayerSpec:
             dilation_rate=dilation,
             activation=activation,
             use_bias=use_bias,
-            name=get("name"),
+            name=name,
             seed=None if seed is None else int(seed),
-            in_channels=None if in_channels is None else int(in_channels),
+            in_channels=in_channels,
             source=src,
             **inits,
             **regs,
@@ -255,30 +169,7 @@ class LayerSpec:
         cls, mapping: Mapping[str, Any], *, source: str | None = None, base_dir: os.PathLike | None = None
     ) -> LayerSpec:
         """From a plain dict of Keras arguments or Keras's serialised `{class_name, config}` form."""
-        if not isinstance(mapping, Mapping):
-            raise SpecError(f"expected a mapping of Keras arguments, got {type(mapping).__name__}", source=source)
-        data = dict(mapping)
-        if "class_name" in data or "config" in data:
-            class_name = data.get("class_name")
-            if class_name != "Conv3DTranspose":
-                raise SpecError(f"{class_name!r} is not a Conv3DTranspose layer", source=source, field="class_name")
-            _refuse_unknown(data, SERIALISED_KEYS + OWN_KEYS, source)
-            config = data.get("config")
-            if not isinstance(config, Mapping):
-                raise SpecError("must be a mapping of Keras arguments", source=source, field="config")
-            merged = dict(config)
-            for key in OWN_KEYS:
-                if key in data:
-                    merged[key] = data[key]
-            build = data.get("build_config") or {}
-            shape = build.get("input_shape") if isinstance(build, Mapping) else None
-            if shape and "in_channels" not in merged:
-                fmt = str(merged.get("data_format") or CHANNELS_LAST).lower()
-                ch = shape[-1] if fmt == CHANNELS_LAST else shape[1]
-                if isinstance(ch, int):
-                    merged["in_channels"] = ch
-            data = merged
-        _refuse_unknown(data, ALL_KEYS, source)
+        data = keras_arguments(mapping, source)
         kwargs = {k: data[k] for k in KERAS_ARGS + ("name", "groups", "seed", "in_channels") if k in data}
         weights = data.get("weights")
         layout = data.get("weights_layout", "keras")
@@ -290,10 +181,16 @@ class LayerSpec:
             path = Path(weights)
             if not path.is_absolute() and base_dir is not None:
                 path = Path(base_dir) / path
-            kernel, bias = load_npz(path, layout)
-            kwargs["kernel"], kwargs["bias"] = kernel, bias
-        spec = cls.create(source=source, **kwargs)
-        return spec.constrained() if weights is not None else spec
+            spec = cls.create(source=source, **kwargs)  # the hyperparameters bound what the file may hold
+            kernel, bias = load_npz(
+                path,
+                layout,
+                expect=(*spec.kernel_size, spec.filters),
+                in_channels=spec.in_channels,
+                check=spec.check_kernel_shape,
+            )
+            return spec.with_weights(kernel, bias).constrained()
+        return cls.create(source=source, **kwargs)
 
     def constrained(self) -> LayerSpec:
         """The spec with its kernel/bias constraints applied to its weights (Keras's projection), and recorded."""
@@ -310,11 +207,11 @@ class LayerSpec:
     @classmethod
     def from_yaml(cls, path: os.PathLike | str) -> LayerSpec:
         """Read a YAML (or JSON) spec; `weights:` is resolved beside the spec file."""
-        from ..importers.safe import load_text_config
+        from .textconfig import load_file
 
         path = Path(path)
         src = str(path)
-        data = load_text_config(path)
+        data = load_file(path)
         return cls.from_mapping(data, source=src, base_dir=path.parent)
 
     # ----------------------------------------------------------------- weights
@@ -326,22 +223,7 @@ class LayerSpec:
         kernel = np.asarray(kernel)
         if kernel.dtype.kind not in "fiu":
             raise SpecError(f"kernel must be numeric, got dtype {kernel.dtype}", source=src, field="kernel")
-        expect = (*self.kernel_size, self.filters)
-        if kernel.ndim != 5 or tuple(kernel.shape[:4]) != expect:
-            want = f"({', '.join(map(str, expect))}, in_channels)"
-            raise SpecError(
-                f"kernel has shape {tuple(kernel.shape)} but filters={self.filters} and "
-                f"kernel_size={list(self.kernel_size)} need {want} (Keras layout kd, kh, kw, filters, in)",
-                source=src,
-                field="kernel",
-            )
-        if self.in_channels is not None and kernel.shape[4] != self.in_channels:
-            raise SpecError(
-                f"kernel has shape {tuple(kernel.shape)}: {kernel.shape[4]} input channels, "
-                f"but in_channels is {self.in_channels}",
-                source=src,
-                field="kernel",
-            )
+        self.check_kernel_shape(tuple(kernel.shape))
         if not np.all(np.isfinite(kernel)):
             raise SpecError("kernel holds NaN or infinite values", source=src, field="kernel")
         if self.use_bias:
@@ -367,6 +249,25 @@ class LayerSpec:
             )
         return replace(self, kernel=kernel, bias=bias, in_channels=int(kernel.shape[4]))
 
+    def check_kernel_shape(self, shape: tuple[int, ...]) -> None:
+        """Refuse a kernel shape (Keras layout) that does not fit filters, kernel_size and in_channels."""
+        expect = (*self.kernel_size, self.filters)
+        if len(shape) != 5 or tuple(shape[:4]) != expect:
+            want = f"({', '.join(map(str, expect))}, in_channels)"
+            raise SpecError(
+                f"kernel has shape {tuple(shape)} but filters={self.filters} and "
+                f"kernel_size={list(self.kernel_size)} need {want} (Keras layout kd, kh, kw, filters, in)",
+                source=self.source,
+                field="kernel",
+            )
+        if self.in_channels is not None and shape[4] != self.in_channels:
+            raise SpecError(
+                f"kernel has shape {tuple(shape)}: {shape[4]} input channels, but in_channels is {self.in_channels}",
+                source=self.source,
+                field="kernel",
+            )
+        check_count(shape[4], "in_channels", self.source, "input channels")
+
     def materialise(self, in_channels: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Kernel and bias for an input of `in_channels` channels: the stored ones, else initialised."""
         if self.kernel is not None:
@@ -384,6 +285,8 @@ class LayerSpec:
                 source=self.source,
                 field="in_channels",
             )
+        check_count(in_channels, "in_channels", self.source, "input channels")
+        check_weights_count(self.kernel_size, self.filters, in_channels, self.source)
         shape = (*self.kernel_size, self.filters, in_channels)
         try:
             kernel = initializers.make(self.kernel_initializer, shape, self.seed)
@@ -507,51 +410,4 @@ class LayerSpec:
         return ", ".join(parts)
 
 
-def _refuse_unknown(data: Mapping[str, Any], valid: Sequence[str], source: str | None) -> None:
-    for key in data:
-        if key not in valid:
-            close = difflib.get_close_matches(str(key), valid, n=1, cutoff=0.5)
-            hint = f"; did you mean '{close[0]}'?" if close else f"; valid keys: {', '.join(valid)}"
-            raise SpecError(f"unknown key{hint}", source=source, field=str(key))
-
-
-def load_npz(path: Path, layout: str = "keras") -> tuple[np.ndarray, np.ndarray | None]:
-    """Read `kernel` (and `bias`) from an `.npz` without ever unpickling."""
-    src = str(path)
-    if not path.is_file():
-        raise SpecError("weights file not found", source=src, field="weights")
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            names = set(z.files)
-            if "kernel" not in names:
-                raise SpecError(
-                    f"no 'kernel' array (found: {', '.join(sorted(names)) or 'none'})", source=src, field="kernel"
-                )
-            unknown = names - {"kernel", "bias"}
-            if unknown:
-                raise SpecError(
-                    f"unexpected array {sorted(unknown)[0]!r}; an .npz holds 'kernel' and optionally 'bias'",
-                    source=src,
-                )
-            kernel = z["kernel"]
-            bias = z["bias"] if "bias" in names else None
-    except SpecError:
-        raise
-    except ValueError as exc:
-        if "pickle" in str(exc).lower():
-            raise SpecError("holds pickled objects; only plain numeric arrays are read", source=src) from None
-        raise SpecError(f"not a readable .npz: {exc}", source=src) from None
-    except (OSError, EOFError) as exc:
-        raise SpecError(f"not a readable .npz: {exc}", source=src) from None
-    if layout == "torch":
-        if kernel.ndim != 5:
-            raise SpecError(
-                f"torch layout needs a 5-D kernel (in, filters, kd, kh, kw), got shape {kernel.shape}",
-                source=src,
-                field="kernel",
-            )
-        kernel = kernel.transpose(2, 3, 4, 1, 0)
-    return np.ascontiguousarray(kernel), bias
-
-
-__all__ = ["LayerSpec", "SpecError", "load_npz", "KERAS_ARGS"]
+__all__ = ["LayerSpec", "SpecError", "load_npz", "parse_triple", "KERAS_ARGS"]
