@@ -196,7 +196,7 @@ def test_file_size_limit_is_one_line_exit_1_and_leaves_nothing(tmp_path, suffix)
     )
     assert r.returncode == 1, r.stderr
     line = one_line(r.stderr)
-    assert "file size limit" in line and f"o{suffix}" in line and "free there" in line
+    assert "file-size limit" in line and f"o{suffix}" in line
     assert os.listdir(out_dir) == []  # no partial, journal, index, spill or staging file
 
 
@@ -222,10 +222,10 @@ def test_full_disk_is_one_line_exit_1_never_sigbus(tmp_path, small_disk, suffix)
     r = cli("upsample", src, "-o", small_disk / f"o{suffix}", "--preset", "nearest", "--scale", "1", "--no-progress")
     assert r.returncode == 1, (r.returncode, r.stderr)
     line = one_line(r.stderr)
-    assert "no space left" in line and f"o{suffix}" in line
+    assert ("no space left" in line or "are free" in line) and f"o{suffix}" in line
     assert os.listdir(small_disk) == []
     if suffix == ".nii":
-        assert "needed" in line  # refused at the reservation, before anything was computed
+        assert "needs" in line  # refused before anything was computed (its exact size is known)
 
 
 def test_qfac_zero_keeps_the_qform_as_nibabel_does(tmp_path):
