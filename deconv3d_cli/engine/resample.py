@@ -30,6 +30,8 @@ from . import allocator
 from .core import resolve_device, resolve_precision
 
 PATH = "resample"
+# Elements per block of a pass (512 KiB of fp32): a block's gathers, products and sums stay in cache.
+CHUNK = 1 << 17
 
 
 class Resampler:
@@ -82,30 +84,31 @@ class Resampler:
         n, c = int(x.shape[0]), int(x.shape[1])
         spans = [(int(o), int(o) + int(m)) for o, m in zip(offsets, sizes)]
         with torch.inference_mode():
-            y = x.reshape(n * c, *x.shape[2:])
-            y = self._fit(y, spans)
-            for a in (2, 1, 0):  # prefilter (B-spline only), innermost axis first
-                for shift, weight in self.stages:
-                    y = _stage(y, a + 1, shift, weight)
-            for a in self.order:
-                y = self._interpolate(y, a, *spans[a])
-            return y.reshape(n, c, *y.shape[1:])
+            y = self._fit(x.reshape(n * c, *x.shape[2:]), spans)
+            return self._run(y, spans, [None, None, None]).reshape(n, c, *sizes)
 
     def whole(self, x: Any) -> torch.Tensor:
-        """The resampled (N, C, D, H, W) volume `x` (boundary extension applied here)."""
+        """The resampled (N, C, D, H, W) volume `x`.
+
+        Replicate/reflect rows are not materialised: the gathers read the stored rows they stand for
+        (the same values, so the same bytes as the tiles' extended slabs give); only the B-spline's
+        prefilter extends an axis, just before it filters that axis.
+        """
         t = self.to_tensor(x)
-        if tuple(t.shape[2:]) != tuple(self.grid.in_shape):
-            raise SpecError(f"volume of spatial shape {tuple(t.shape[2:])}; this grid is for {self.grid.in_shape}")
+        if t.ndim != 5 or tuple(t.shape[2:]) != tuple(self.grid.in_shape):
+            raise SpecError(f"volume of shape {tuple(t.shape)}; this grid is for (N, C, *{self.grid.in_shape})")
+        if self.spec.boundary == "zeros":
+            slab = t[(slice(None), slice(None), *(slice(*_rows(ax)) for ax in self.axes))]
+            return self.tile(slab, (0, 0, 0), self.out_shape)
+        n, c = int(t.shape[0]), int(t.shape[1])
+        spans = [(0, ax.out) for ax in self.axes]
+        maps: list[np.ndarray | None] = []
+        for ax in self.axes:
+            lo, hi = ax.footprint(0, ax.out)
+            maps.append(bnd.source_rows(lo, hi, 0, ax.length, self.spec.boundary))
         with torch.inference_mode():
-            for a, ax in enumerate(self.axes):
-                if ax.pad_lo or ax.pad_hi:
-                    r = ax.input_range(0, ax.out)
-                    rows = bnd.source_rows(r.lo, r.hi, ax.pad_lo, ax.length, self.spec.boundary)
-                    t = t.index_select(a + 2, torch.from_numpy(rows).to(t.device))
-                else:
-                    r = ax.input_range(0, ax.out)
-                    t = t.narrow(a + 2, r.lo, r.size)
-        return self.tile(t, (0, 0, 0), self.out_shape)
+            y = t.reshape(n * c, *t.shape[2:]).contiguous()
+            return self._run(y, spans, maps).reshape(n, c, *self.out_shape)
 
     def to_tensor(self, slab: Any) -> torch.Tensor:
         if isinstance(slab, torch.Tensor):
@@ -143,33 +146,35 @@ class Resampler:
         out[(slice(None), *(slice(lo[a], lo[a] + y.shape[a + 1]) for a in range(3)))] = y
         return out
 
-    def _interpolate(self, y: torch.Tensor, a: int, start: int, stop: int) -> torch.Tensor:
-        """Axis `a` of (B, d, h, w) `y`, whose rows start at the footprint's first tap row: outputs [start, stop)."""
+    def _run(self, y: torch.Tensor, spans: list[tuple[int, int]], maps: list[np.ndarray | None]) -> torch.Tensor:
+        """(B, d, h, w) rows -> the tile. Along axis a, local row j is footprint row lo + j, or row maps[a][j]."""
+        for a in (2, 1, 0) if self.stages else ():  # prefilter (B-spline only), innermost axis first
+            if maps[a] is not None:  # extend this axis now (whole volumes only)
+                view = _axis_view(y, a + 1)
+                ext = torch.empty((view.shape[0], len(maps[a]), view.shape[2]), dtype=y.dtype, device=y.device)
+                _gather(view, torch.from_numpy(maps[a]).to(y.device), ext)
+                shape = list(y.shape)
+                shape[a + 1] = len(maps[a])
+                y, maps[a] = ext.view(shape), None
+            y = _prefilter(y, a + 1, self.stages)
+        for a in self.order:
+            y = self._interpolate(y, a, *spans[a], maps[a])
+        return y
+
+    def _interpolate(self, y: torch.Tensor, a: int, start: int, stop: int, rows: np.ndarray | None) -> torch.Tensor:
+        """Axis `a` of (B, d, h, w) `y` (rows from the first tap's, or looked up in `rows`): outputs [start, stop)."""
         ax = self.axes[a]
         first, t = ax.positions(start, stop)
-        need_lo = ax.footprint(start, stop)[0] + ax.margin
-        local = first - need_lo
+        local = first - (ax.footprint(start, stop)[0] + ax.margin)
         weights = self.interpolator.weights(t)
         if self.interpolator.gain != 1.0:
             weights = weights * self.interpolator.gain
-        dim = a + 1
-        shape = [1, 1, 1, 1]
-        shape[dim] = stop - start
-        w = torch.from_numpy(np.ascontiguousarray(weights.T)).to(self.device, self.dtype)
-        out: torch.Tensor | None = None
-        tmp: torch.Tensor | None = None
-        for k in range(weights.shape[1]):
-            idx = torch.from_numpy(local + k).to(self.device)
-            if weights.shape[1] == 1:
-                return _gather(y, dim, idx)
-            tmp = _gather(y, dim, idx, tmp)
-            tmp.mul_(w[k].view(shape))
-            if out is None:
-                out, tmp = tmp, None
-            else:
-                out.add_(tmp)
-        assert out is not None
-        return out
+        w = torch.from_numpy(np.ascontiguousarray(weights.T)).to(self.device, self.dtype)  # (taps, m)
+        index = [local + k if rows is None else rows[local + k] for k in range(weights.shape[1])]
+        idx = [torch.from_numpy(np.ascontiguousarray(i)).to(self.device) for i in index]
+        sizes = list(y.shape)
+        sizes[a + 1] = stop - start
+        return _accumulate(_axis_view(y, a + 1), idx, w).view(sizes)
 
 
 def pass_order(axes: Sequence[ResampleAxis]) -> tuple[int, ...]:
@@ -180,18 +185,81 @@ def pass_order(axes: Sequence[ResampleAxis]) -> tuple[int, ...]:
     return tuple(sorted(range(3), key=lambda a: (1.0 / abs(axes[a].scale), -a)))
 
 
-def _gather(y: torch.Tensor, dim: int, idx: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-    """Rows `idx` of `y` along `dim` (a copy); into `out` when its shape fits."""
+def _axis_view(y: torch.Tensor, dim: int) -> torch.Tensor:
+    """Contiguous `y` as (outer, n, inner) around `dim`: gathers along it are then row copies of `inner` elements."""
+    outer = int(np.prod(y.shape[:dim]))
+    inner = int(np.prod(y.shape[dim + 1 :]))
+    return y.contiguous().view(outer, y.shape[dim], inner)
+
+
+def _accumulate(view: torch.Tensor, idx: list[torch.Tensor], w: torch.Tensor) -> torch.Tensor:
+    """out[:, j, :] = sum over taps k, in order, of w[k, j] * view[:, idx[k][j], :] (one multiply, one add each).
+
+    Computed in blocks of about CHUNK elements so that a block's gathers, products and sums stay in
+    cache; blocks change no element's arithmetic, only when it happens.
+    """
+    outer, _, inner = view.shape
+    m = len(idx[0])
+    out = torch.empty((outer, m, inner), dtype=view.dtype, device=view.device)
+    if len(idx) == 1:  # nearest: one copy, no arithmetic to keep in cache
+        _gather(view, idx[0], out)
+        return out
+    if outer == 1:  # the outermost axis: blocks of output planes
+        step = max(1, CHUNK // max(inner, 1))
+        blocks = [(slice(0, 1), slice(j, min(j + step, m))) for j in range(0, m, step)]
+    else:
+        step = max(1, CHUNK // max(m * inner, 1))
+        blocks = [(slice(i, min(i + step, outer)), slice(0, m)) for i in range(0, outer, step)]
+    buf: torch.Tensor | None = None
+    for rows, cols in blocks:
+        src, dst = view[rows], out[rows, cols]
+        _gather(src, idx[0][cols], dst)
+        dst.mul_(w[0, cols].view(1, -1, 1))
+        if buf is None:
+            buf = torch.empty_like(dst)
+        tmp = buf if buf.shape == dst.shape else torch.empty_like(dst)
+        for k in range(1, len(idx)):
+            _gather(src, idx[k][cols], tmp)
+            tmp.mul_(w[k, cols].view(1, -1, 1))
+            dst.add_(tmp)
+    return out
+
+
+def _gather(view: torch.Tensor, idx: torch.Tensor, out: torch.Tensor) -> None:
+    """out = rows `idx` of an (outer, n, inner) view along its middle axis."""
+    if view.shape[2] == 1:  # the contiguous axis: torch.gather on 2-D is 4-8x faster than index_select here
+        torch.gather(view[..., 0], 1, idx.view(1, -1).expand(view.shape[0], len(idx)), out=out[..., 0])
+    elif view.shape[0] == 1:  # the outermost axis: whole planes
+        torch.index_select(view[0], 0, idx, out=out[0])
+    else:
+        torch.index_select(view, 1, idx, out=out)
+
+
+def _rows(ax: ResampleAxis) -> tuple[int, int]:
+    r = ax.input_range(0, ax.out)
+    return r.lo, r.hi
+
+
+def _prefilter(y: torch.Tensor, dim: int, stages: Sequence[tuple[int, float]]) -> torch.Tensor:
+    """All prefilter stages along `dim`, in blocks across the other axes (each block stays in cache)."""
+    view = _axis_view(y, dim)
+    outer, n, inner = view.shape
+    lost = sum(abs(s) for s, _ in stages)
+    out = torch.empty((outer, n - lost, inner), dtype=y.dtype, device=y.device)
+    if outer == 1:  # the outermost axis: blocks of columns (strided reads, every stage in cache)
+        step = max(1, CHUNK // n)
+        blocks = [(slice(None), slice(None), slice(j, min(j + step, inner))) for j in range(0, inner, step)]
+    else:
+        step = max(1, CHUNK // (n * inner))
+        blocks = [(slice(i, min(i + step, outer)), slice(None), slice(None)) for i in range(0, outer, step)]
+    for block in blocks:
+        z = view[block]
+        for shift, weight in stages:
+            z = _stage(z, 1, shift, weight)
+        out[block] = z
     shape = list(y.shape)
-    shape[dim] = len(idx)
-    if dim == y.ndim - 1:  # the contiguous axis: torch.gather is 4-8x faster than index_select here
-        index = idx.view(*([1] * (y.ndim - 1)), -1).expand(shape)
-        if out is not None and list(out.shape) == shape:
-            return torch.gather(y, dim, index, out=out)
-        return torch.gather(y, dim, index)
-    if out is not None and list(out.shape) == shape:
-        return torch.index_select(y, dim, idx, out=out)
-    return torch.index_select(y, dim, idx)
+    shape[dim] = n - lost
+    return out.view(shape)
 
 
 def _stage(y: torch.Tensor, dim: int, shift: int, weight: float) -> torch.Tensor:
