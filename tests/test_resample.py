@@ -268,6 +268,19 @@ def test_like_a_flipped_copy_of_the_input_grid_flips_exactly(volume):
         assert np.array_equal(y, x[::-1]), interp
 
 
+@pytest.mark.parametrize("interp", ["linear", "bspline", "lanczos"])
+def test_like_a_flipped_output_grid_is_the_output_reversed(volume, interp):
+    x, affine = volume
+    g = output_grid(x.shape, affine, scale=(1.5, 1.3, 2.2))
+    ref = g.affine.copy()
+    ref[:3, 3] = g.affine[:3, :3] @ [0, g.shape[1] - 1, 0] + g.affine[:3, 3]
+    ref[:3, 1] *= -1
+    flipped = resample(x, affine=affine, like=(g.shape, ref), interp=interp)
+    assert np.abs(flipped - resample(x, affine=affine, scale=(1.5, 1.3, 2.2), interp=interp)[:, ::-1]).max() <= (
+        1e-6 * np.ptp(x)
+    )
+
+
 def test_like_round_trip_reproduces_the_voxel_size_output(volume):
     x, affine = volume
     g = output_grid(x.shape, affine, voxel_size=0.6)
@@ -297,13 +310,21 @@ def _tiled(resampler: Resampler, x: np.ndarray, tile_shape, mode: str) -> np.nda
     interp=st.sampled_from(["nearest", "linear", "cubic", "bspline", "lanczos"]),
     mode=st.sampled_from(boundary.MODES),
     channels=st.integers(1, 2),
+    flip=st.booleans(),
     data=st.data(),
 )
-def test_tiled_equals_whole_by_bytes(shape, factors, interp, mode, channels, data):
+def test_tiled_equals_whole_by_bytes(shape, factors, interp, mode, channels, flip, data):
     rng = np.random.default_rng(sum(shape))
     x = rng.uniform(-5, 5, (1, channels, *shape)).astype(np.float32)
     spec = ResampleSpec.create(scale=factors, interp=interp, boundary=mode)
     grid = spec.grid(shape, spacing=(1.0, 1.0, 1.0))
+    if flip:  # the same grid through `like`, its first axis running backwards (negative scale)
+        ref = grid.affine.copy()
+        ref[:3, 3] = grid.affine[:3, :3] @ [grid.shape[0] - 1, 0, 0] + grid.affine[:3, 3]
+        ref[:3, 0] *= -1
+        spec = ResampleSpec.create(like=(grid.shape, ref), interp=interp, boundary=mode)
+        grid = spec.grid(shape, spacing=(1.0, 1.0, 1.0))
+        assert grid.maps[0].scale < 0
     r = Resampler(spec, grid, channels)
     tile = tuple(data.draw(st.integers(1, m)) for m in grid.shape)
     assume(np.prod([-(-m // t) for m, t in zip(grid.shape, tile)]) <= 400)

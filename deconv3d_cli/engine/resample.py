@@ -7,7 +7,8 @@ fused multiply-add, a matmul or a reduction, whose rounding depends on the vecto
 an element falls in), with weights computed in float64 from the output's global index and the axes
 taken in an order fixed by the grid. So each output voxel is the same arithmetic on the same
 numbers in the same order whatever tile it falls in: tiled and whole-volume outputs are equal in
-every bit (tests/test_resample.py checks by bytes, down to one-voxel tiles), on CPU and on CUDA.
+every bit (tests/test_resample.py checks by bytes, down to one-voxel tiles; on CUDA, where the same
+operations run, its CUDA test checks the same where a device is present).
 
 The slab is what `ResampleAxis.input_range` asks for (boundary extension included); rows the taps
 reach outside it (the `zeros` boundary at the volume's edges) read as zeros.
