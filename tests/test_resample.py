@@ -341,6 +341,18 @@ def test_one_voxel_tiles_equal_whole_by_bytes(interp):
     assert _tiled(r, x, (1, 1, 1), "reflect").tobytes() == r.whole(x).numpy().tobytes()
 
 
+@pytest.mark.parametrize("interp", ["linear", "bspline"])
+def test_blocks_change_no_bytes(volume, interp):
+    """The cache blocks (CPU) and the single block (CUDA's choice) compute the same bytes."""
+    x = volume[0][None, None]
+    spec = ResampleSpec.create(scale=(1.5, 2.2, 1.7), interp=interp)
+    r = Resampler(spec, spec.grid(x.shape[2:]), 1)
+    ref = r.whole(x).numpy().tobytes()
+    for chunk in (7, 1 << 62):
+        r.chunk = chunk
+        assert r.whole(x).numpy().tobytes() == ref
+
+
 def test_fp64_and_repeat_calls_are_deterministic(volume):
     x, affine = volume
     kw = dict(affine=affine, scale=1.5, interp="bspline", boundary="reflect", precision="fp64")
