@@ -144,8 +144,12 @@ def main() -> None:
     ap.add_argument("--skip-over", type=float, default=None, help="skip a peer whose warm-up exceeds this (s)")
     ap.add_argument("--quick", action="store_true", help="smaller volumes; peers over 20 s skipped")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads for deconv3d (default: torch's)")
     args = ap.parse_args()
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from deconv3d_cli.api import resample
     from deconv3d_cli.geometry.grid import output_grid

@@ -237,7 +237,7 @@ class GridRequest:
 
     def resolve(self, in_shape: Sequence[int], affine: Any) -> Grid:
         """The output grid over an input of `in_shape` voxels with voxel-to-world `affine` (voxel centres)."""
-        n = _check_shape(in_shape, "shape", "input")
+        n = _check_shape(in_shape, "in_shape", "input")
         a_in = _check_affine(affine, "affine", "input")
         if self.kind == "like":
             return self._resolve_like(n, a_in)
