@@ -197,6 +197,7 @@ class Engine:
             self.channels_last_out,
             bucket,
             dnn_default,
+            self._taps is not None,  # a preset's cached 'separable' must not reach a layer that cannot take it
         )
         if key in _CHOSEN:  # one decision per shape class and process: repeated calls agree to the last bit
             self.path = _CHOSEN[key]
