@@ -269,3 +269,58 @@ def upsample(
     engine = Engine(spec, layout.channels(x.shape), device, precision)
     y = engine.tile(layout.to_ncdhw(slab), [r.offset for r in ranges], [ax.out for ax in axes])
     return np.ascontiguousarray(layout.from_ncdhw(to_numpy(y), spec.filters))
+
+
+def resample(
+    x: Any,
+    *,
+    voxel_size: Any = None,
+    scale: Any = None,
+    shape: Any = None,
+    like: Any = None,
+    spacing: Any = None,
+    affine: Any = None,
+    interp: str = "linear",
+    boundary: str = "replicate",
+    data_format: str = "channels_last",
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> Any:
+    """`x` (3-, 4- or 5-D, numpy or torch) resampled onto the grid said by exactly one of `voxel_size`,
+    `scale` (real factors >= 1), `shape` or `like` (a reference's (shape, affine), or anything with
+    `.shape` and `.affine`), with `interp` nearest | linear | cubic | bspline | lanczos.
+
+    The input grid is `affine` (voxel centres to world) or `diag(spacing, 1)` (spacing 1 by default);
+    voxel sizes are in its units. The result keeps `x`'s layout and kind (numpy in, float32 numpy out;
+    torch in, torch out on its device), each channel resampled alone. Its grid (shape, affine,
+    spacing) is `geometry.grid.output_grid(...)` of the same arguments.
+    """
+    from .engine import to_numpy
+    from .engine.resample import Resampler
+    from .layer.resample import ResampleSpec
+
+    spec = ResampleSpec.create(
+        voxel_size=voxel_size,
+        scale=scale,
+        shape=shape,
+        like=like,
+        interp=interp,
+        boundary=boundary,
+        data_format=data_format,
+    )
+    if spacing is not None and affine is not None:
+        raise SpecError("give spacing or affine, not both", param="spacing")
+    torch_in = _is_torch(x)
+    if not torch_in:
+        x = np.asarray(x)
+    if x.ndim not in (3, 4, 5):
+        raise SpecError(f"input has {x.ndim} dimensions; expected 3 (D, H, W), 4 or 5 (with channels, batch)")
+    layout = Layout(x.ndim, spec.data_format)
+    grid = spec.grid(layout.spatial_shape(x.shape), affine=affine, spacing=spacing)
+    channels = layout.channels(x.shape)
+    if torch_in:
+        resampler = Resampler(spec, grid, channels, device=x.device, precision=precision)
+        return _from_ncdhw_torch(layout, resampler.whole(_to_ncdhw_torch(layout, x)), channels)
+    resampler = Resampler(spec, grid, channels, device=device, precision=precision)
+    y = to_numpy(resampler.whole(layout.to_ncdhw(x)))
+    return np.ascontiguousarray(layout.from_ncdhw(y, channels))

@@ -211,7 +211,10 @@ CASES = {
     "h5-zero-length-axis": (h5_zero_axis, ["field 'shape'", "length 0 on axis 1"]),
     "h5-null-dataspace": (h5_null, ["field 'shape'", "null dataspace"]),
     "h5-scalar": (h5_scalar, ["field 'shape'", "scalar"]),
-    "h5-external-raw-storage": (h5_external_raw, ["field 'allow_external'", "secret.txt", "outside the HDF5 file"]),
+    "h5-external-raw-storage": (
+        h5_external_raw,
+        ["field '--allow-external-data'", "secret.txt", "outside the HDF5 file"],
+    ),
     "h5-external-link-only": (h5_external_link, ["only external link", "src.h5:/data"]),
     "h5-virtual-dataset": (h5_virtual, ["virtual dataset", "src.h5", "allowed"]),
     "h5-unavailable-filter": (h5_lz4, ["filter 32004 (LZ4)", "cannot decode", "h5repack"]),

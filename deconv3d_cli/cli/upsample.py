@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -125,7 +126,9 @@ def upsample(ctx: click.Context, **p: Any) -> None:
         if not p["quiet"] or report.exit_code:  # type: ignore[union-attr]
             click.echo(report.summary(), err=True)  # type: ignore[union-attr]
         ctx.exit(report.exit_code)  # type: ignore[union-attr]
-    talk = not (p["as_json"] or p["quiet"] or p["dry_run"])
+    # A person at a terminal sees the plan as the run starts; a log gets it with the outcome (and a failed
+    # run's stderr is then its one error line).
+    talk = not (p["as_json"] or p["quiet"] or p["dry_run"]) and sys.stderr.isatty()
     start = (lambda plan: click.echo("\n".join(lines(plan, None)), err=True)) if talk else None
     result = dispatch.upsample(request, error_line=error_line, debug=debug, on_start=start)
     assert isinstance(result, dict)

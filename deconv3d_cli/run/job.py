@@ -24,7 +24,7 @@ from ..geometry import boundary
 from ..geometry.layout import Layout
 from ..geometry.tiling import Costs, Plan, PlanError, make_plan
 from ..io import formats
-from ..io.atomic import check_target, same_file
+from ..io.atomic import check_target, partial_path, same_file
 from ..io.base import VolumeMeta
 from ..io.formats import FormatFacts
 from ..layer import regularizers
@@ -202,7 +202,8 @@ def check_paths(input_path: Path, output_path: Path, options: Options) -> tuple[
 def prepare(layer: LayerSource, input_path: Path, output_path: Path, options: Options, reader: Any = None) -> Job:
     """Open the input and plan the output; refuse here whatever the run would refuse.
 
-    `reader` replaces opening `input_path` (a virtual input for `--dry-run --input-shape`).
+    `reader` replaces opening `input_path` (a virtual input for `--dry-run --input-shape`: its output is
+    meant for another machine's disk, so the free space here is not checked).
     """
     started = time.perf_counter()
     input_path, output_path = Path(input_path), Path(output_path)
@@ -212,6 +213,8 @@ def prepare(layer: LayerSource, input_path: Path, output_path: Path, options: Op
     opened = time.perf_counter()
     try:
         job = _plan(layer, input_path, output_path, options, reader, in_facts, out_facts)
+        if not getattr(reader, "virtual", False):
+            check_room(job)
     except BaseException:
         reader.close()
         raise
@@ -263,6 +266,27 @@ def _plan(
     )  # fmt: skip
     job.chunks = options.write.chunks or aligned_chunks(job)
     return job
+
+
+def missing_note(job: Job, count: int | None = None) -> list[str]:
+    """A note when the input had absent chunks (read as the fill value, as the Zarr and HDF5 specs say)."""
+    n = int(getattr(job.reader, "missing_chunks", 0) if count is None else count)
+    if not n:
+        return []
+    return [f"{n} chunk(s) of {job.input} are absent and were read as the fill value"]
+
+
+def check_room(job: Job) -> None:
+    """Refuse an output its disk cannot hold (exactly, for uncompressed formats), before anything is written;
+    a partial being resumed counts with the blocks it already has."""
+    options = dict(job.options.write.writer_options)
+    if job.chunks is not None:
+        options["chunks"] = job.chunks
+    nbytes, compressed = io.output_size(
+        job.output, job.facts.name, job.out_shape, job.out_dtype, job.out_layout, options
+    )
+    reusing = partial_path(job.output) if job.options.write.resume and partial_path(job.output).is_file() else None
+    io.check_space(partial_path(job.output), nbytes, compressed, reusing=reusing)
 
 
 def aligned_chunks(job: Job) -> tuple[int, ...] | None:

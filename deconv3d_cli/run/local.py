@@ -10,6 +10,7 @@ durable and journalled, the partial is kept, and `Interrupted` says how many til
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
@@ -22,12 +23,12 @@ import numpy as np
 from ..engine.activity import ActivityAccumulator
 from ..engine.transfer import Transfers
 from ..geometry.tiling import READ_AHEAD, WRITE_BEHIND
-from ..io import PartialUnusable
+from ..io import DiskFault, PartialUnusable
 from ..io.atomic import OutputTarget
 from ..io.direct import ALIGN
 from . import progress
 from .engines import engine_for, settle
-from .job import Job, LayerSource, prepare
+from .job import Job, LayerSource, missing_note, prepare
 from .options import Options
 from .stop import STOP, Interrupted
 from .tiles import Counts, compute_tile, read_tile, write_tile
@@ -133,6 +134,9 @@ class Pipeline:
             self._keep(target)
             stopped.kept, stopped.total, stopped.target = len(target.done), len(job.plan), job.output
             raise
+        except DiskFault as fault:
+            self._after_fault(target, fault)
+            raise
         except BaseException:
             self._discard(target)
             raise
@@ -164,7 +168,8 @@ class Pipeline:
             **self.counts.as_dict(),
             "device": str(self.engine.device),
             **decision,
-            "notes": list(target.notes),
+            "missing_chunks": int(getattr(job.reader, "missing_chunks", 0)),
+            "notes": list(target.notes) + missing_note(job),
         }
         return job.result(stats, self.activity, complete=self.activity.tiles == len(job.plan))
 
@@ -319,6 +324,20 @@ class Pipeline:
             if self.writer is not None:
                 _abandon(self.writer)
             target.keep()
+
+    def _after_fault(self, target: OutputTarget, fault: DiskFault) -> None:
+        """A full or failing disk: tiles already journalled stay resumable (said in the error); with none,
+        nothing is left behind."""
+        self.stop.set()
+        if self.writer is not None:
+            _abandon(self.writer)
+            self.writer = None
+        if target.done and os.path.lexists(target.partial):
+            target.keep()
+            fault.message += f"; {len(target.done)} finished tile(s) kept: free some space and rerun with --resume"
+            fault.args = (fault.line(),)
+        else:
+            target.abort()
 
     def _discard(self, target: OutputTarget) -> None:
         self.stop.set()

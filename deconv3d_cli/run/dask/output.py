@@ -17,7 +17,7 @@ from ...engine.activity import ActivityAccumulator
 from ...errors import InputError
 from ...io import PartialUnusable
 from ...io.atomic import OutputTarget, partial_path
-from ..job import Job
+from ..job import Job, missing_note
 from ..tiles import Counts
 from . import tasks
 
@@ -118,6 +118,7 @@ class TileOutput:
         self.started = time.perf_counter()
         self.voxels, self.tasks, self.task_seconds = 0, 0, 0.0
         self.counts = Counts()
+        self.missing = 0
         self.devices: set[str] = set()
         self.threads: set[int] = set()
         self.activity = ActivityAccumulator(job.spec.activity_regularizer)
@@ -159,6 +160,7 @@ class TileOutput:
         self.pending.extend(result["tiles"])
         self.voxels += result["voxels"]
         self.counts.add(result["counts"])
+        self.missing += result.get("missing_chunks", 0)
         self.task_seconds += result["seconds"]
         self.devices.add(result["device"])
         self.threads.add(result["torch_threads"])
@@ -196,7 +198,8 @@ class TileOutput:
             "device": ",".join(sorted(self.devices)) or None,
             **self.decision,
             "torch_threads": min(self.threads) if len(self.threads) == 1 else sorted(self.threads),
-            "notes": list(self.target.notes),
+            "missing_chunks": self.missing,
+            "notes": list(self.target.notes) + missing_note(job, self.missing),
             "scheduler": scheduler,
             "tasks": self.tasks,
             "window": window,

@@ -32,6 +32,7 @@ class VirtualReader:
     """An input that exists only as a shape and dtype (`--input-shape`): reads give zeros."""
 
     format = "virtual"
+    virtual = True  # no file behind it: prepare does not check the output's disk for a virtual plan
     chunks = None
     data_format = None
     missing_chunks = 0

@@ -121,6 +121,7 @@ def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
             getattr(writer, "release", writer.close)()
     finally:
         reader.close()
+    missing = int(getattr(reader, "missing_chunks", 0))
     _, peak = rss()
     return {
         "tiles": [t.index for t in tiles],
@@ -133,6 +134,7 @@ def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
         "device": str(engine.device),
         "torch_threads": torch.get_num_threads(),
         "activity": (activity.sum_abs, activity.sum_sq, activity.tiles),
+        "missing_chunks": missing,  # as this task's reads met them (tiles' halos may meet one twice)
     }
 
 
