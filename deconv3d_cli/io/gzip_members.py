@@ -64,12 +64,18 @@ def codec(level: int) -> tuple[str, Callable[[Any], bytes]]:
     level = check_level(level)
     isal, zng = _isal(), _zlib_ng()
     if level == 0:
-        return "zlib", lambda data: zlib.compress(data, 0, -15)
+        return "zlib", lambda data: _zlib_raw(data, 0)
     if level <= 3 and isal is not None:
         return "isal", lambda data: isal.compress(data, level, -15)
     if zng is not None:
         return "zlib-ng", lambda data: zng.compress(data, level, -15)
-    return "zlib", lambda data: zlib.compress(data, level, -15)
+    return "zlib", lambda data: _zlib_raw(data, level)
+
+
+def _zlib_raw(data: Any, level: int) -> bytes:
+    """Raw deflate with the standard library (its compress() takes wbits only from Python 3.11)."""
+    c = zlib.compressobj(level, zlib.DEFLATED, -15)
+    return c.compress(data) + c.flush()
 
 
 def crc32(data: Any) -> int:

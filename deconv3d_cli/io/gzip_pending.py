@@ -12,13 +12,14 @@ import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..errors import RunError
 from . import space
 
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
-_LIBC: list[object] = []
+_LIBC: list[Any] = []
 
 
 def punch_hole(fd: int, offset: int, length: int) -> bool:
@@ -36,7 +37,7 @@ def punch_hole(fd: int, offset: int, length: int) -> bool:
         except (OSError, AttributeError):
             _LIBC.append(None)
     call = _LIBC[0]
-    return call is not None and call(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0  # type: ignore[operator]
+    return call is not None and call(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, offset, length) == 0
 
 
 def usable_cpus() -> int:

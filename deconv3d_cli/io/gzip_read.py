@@ -47,7 +47,7 @@ def _open_gzip(path: Path) -> BinaryIO:
         from isal import igzip
     except ImportError:  # pragma: no cover - isal is a dependency, but the stdlib fallback must work
         return gzip.open(path, "rb")  # type: ignore[return-value]
-    return igzip.open(path, "rb")  # type: ignore[return-value]
+    return igzip.open(path, "rb")
 
 
 def _decompress_errors() -> tuple[type[BaseException], ...]:
@@ -55,7 +55,7 @@ def _decompress_errors() -> tuple[type[BaseException], ...]:
     try:
         from isal import isal_zlib
 
-        errors.append(isal_zlib.error)
+        errors.append(isal_zlib.error)  # type: ignore[arg-type]
     except ImportError:  # pragma: no cover
         pass
     return tuple(errors)

@@ -277,7 +277,7 @@ class GzipStreamWriter:
 
     def _bound_memory(self) -> None:
         held = [p for p in self._pending.values() if p.buf is not None]
-        total = sum(len(p.buf) for p in held)  # type: ignore[arg-type]
+        total = sum(len(p.buf or b"") for p in held)
         if total <= PENDING_BYTES:
             return
         for p in sorted(held, key=lambda q: q.start, reverse=True):  # the farthest from being compressed first

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -47,7 +48,8 @@ class AxisMap:
         self.shape = tuple(1 if a is None else self.file_shape[a] for a in self.axes)
         self._mapped = [i for i, a in enumerate(self.axes) if a is not None]
         # order in which the mapped presented axes appear in the file
-        in_file = sorted(self._mapped, key=lambda i: self.axes[i])
+        self._file_axis = {i: int(a) for i, a in enumerate(self.axes) if a is not None}
+        in_file = sorted(self._mapped, key=self._file_axis.__getitem__)
         self._to_presented = [in_file.index(i) for i in self._mapped]
         self._to_file = [self._mapped.index(i) for i in in_file]
 
@@ -98,7 +100,7 @@ class AxisMap:
     def file_axes(self) -> tuple[int, ...]:
         """Presented axes, slowest in the file first: `empty(shape[file_axes]).transpose(argsort(file_axes))`
         is a presented-shape array whose memory is already in file order (no copy when written)."""
-        mapped = sorted(self._mapped, key=lambda i: self.axes[i], reverse=True)
+        mapped = sorted(self._mapped, key=self._file_axis.__getitem__, reverse=True)
         virtual = [i for i, a in enumerate(self.axes) if a is None]
         return tuple(virtual + mapped)
 
@@ -163,7 +165,7 @@ def arrange(
     if out is None:
         out = np.empty(src.shape, src.dtype)
     parts = _plane_parts(src.shape, src.nbytes, pool)
-    jobs: list[Callable[[], None]] = [lambda s=s: _copy_blocked(src[s], out[s]) for s in parts]
+    jobs: list[Callable[[], None]] = [partial(_copy_blocked, src[s], out[s]) for s in parts]
     if pool is None or len(jobs) == 1:
         for job in jobs:
             job()
