@@ -353,3 +353,25 @@ def test_nifti_declares_slabs_along_z_for_the_planner():
     assert vio.slab_axis("nifti") == 2 and vio.slab_axis("npy") == 0
     # plans cut along axis 0 only, for now: NIfTI keeps the general plan until they can cut along z
     assert vio.writes_slabs("nifti") is False and vio.writes_slabs("npy") is True
+
+
+@pytest.mark.parametrize("boxes_of", [z_slabs, x_slabs], ids=["streamed", "staged"])
+def test_gz_writer_closed_by_a_stopped_run_stays_resumable(tmp_path, boxes_of):
+    """The run core closes the writer of a stopped run (SIGTERM, Ctrl-C): incomplete, it keeps its state."""
+    vol = volume((30, 24, 20), np.float32, seed=10)
+    boxes = boxes_of(vol.shape, 6)
+    clean = write(tmp_path / "clean.nii.gz", vol, boxes).read_bytes()
+    (tmp_path / "run").mkdir()
+    out = tmp_path / "run" / ".partial-o.nii.gz"
+    w = nifti.create_writer(out, vol.shape, vol.dtype, META)
+    for box in boxes[:2]:
+        w.write(box, np.ascontiguousarray(vol[box]))
+    w.flush()
+    w.close()
+    assert not w.complete and (out.parent / (out.name + ".gzindex")).exists()
+    w = nifti.create_writer(out, vol.shape, vol.dtype, META, resume=True)
+    for box in boxes[2:]:
+        w.write(box, np.ascontiguousarray(vol[box]))
+    w.close()
+    assert w.complete and out.read_bytes() == clean
+    assert [p.name for p in out.parent.iterdir()] == [out.name]

@@ -91,6 +91,7 @@ class GzipStreamWriter:
         self._pending: dict[tuple[int, int], Pending] = {}
         self._spill_fd: int | None = None
         self._punch: list[tuple[int, int]] = []  # spilled members compressed since the last index
+        self.extra: dict[str, Any] = {}  # the caller's own state, saved with the index (JSON)
         self._lock = threading.RLock()
         self._closed = False
         self._workers = max(1, int(threads or usable_cpus()))
@@ -140,6 +141,7 @@ class GzipStreamWriter:
                 "the partial output was written with another layout or compression; run without --resume",
                 source=str(self.path),
             )
+        self.extra = dict(state.get("extra") or {})
         for seg, saved in zip(self._segments, state["segments"]):
             length = int(saved["length"])
             if not seg.path.exists() or seg.path.stat().st_size < length:
@@ -317,6 +319,7 @@ class GzipStreamWriter:
             "key": self.key,
             "segments": [{"next": s.next, "length": s.length} for s in self._segments],
             "pending": [[s, j, p.disk.items] for (s, j), p in sorted(self._pending.items()) if p.disk.items],
+            "extra": self.extra,
         }
         tmp = self.sidecar(".gzindex.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
@@ -338,15 +341,17 @@ class GzipStreamWriter:
     def missing(self) -> list[str]:
         return [f"segment {s.number} has {s.next} of {s.members} members" for s in self._segments if s.next < s.members]
 
-    def close(self) -> None:
-        """Finish the file: every member must have been compressed; side segments appended; sidecars removed."""
+    def close(self) -> bool:
+        """Finish the file when every member has been compressed (side segments appended, sidecars removed):
+        True. A stream still missing bytes (a stopped run) is flushed and left resumable instead: False."""
         with self._lock:
             if self._closed:
-                return
+                return not self.missing()
             try:
                 self._compress_ready(range(len(self._segments)), {})
                 if self.missing():
-                    raise RunError("incomplete gzip output: " + "; ".join(self.missing()), source=str(self.path))
+                    self.release()
+                    return False
                 first = self._segments[0]
                 for seg in self._segments[1:]:
                     self._concat(first, seg)
@@ -357,6 +362,16 @@ class GzipStreamWriter:
             self._closed = True
             self._shutdown()
             self._remove_sidecars()
+            return True
+
+    def release(self) -> None:
+        """Everything durable, files closed, sidecars kept: the state a later `resume=True` continues from."""
+        with self._lock:
+            if self._closed:
+                return
+            self.flush()
+            self._closed = True
+            self._shutdown()
 
     def _concat(self, first: _Segment, seg: _Segment) -> None:
         assert first.fd is not None and seg.fd is not None

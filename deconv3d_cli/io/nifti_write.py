@@ -335,9 +335,11 @@ class NiftiGzWriter(_NiftiOutput):
         self._stage: BlockFile | None = None
         self._stage_fd: int | None = None
         self._closed = False
+        self._boxes: set[tuple[tuple[int, int], ...]] = set()  # staged mode: the boxes the stage holds
         try:
             if resume and self.stage_path.exists():
                 self._open_stage(fresh=False)
+                self._boxes = {tuple(map(tuple, box)) for box in self.stream.extra.get("staged_boxes", [])}
             self.stream.write([(0, self.header_bytes)])  # on resume again: skipped where already compressed
         except BaseException:
             self.abort()
@@ -365,6 +367,7 @@ class NiftiGzWriter(_NiftiOutput):
             self._open_stage(fresh=True)
         if self._stage is not None:
             self._stage.write(franges, block, lambda: self.arrange(franges, block, self.stream.pool))
+            self._boxes.add(tuple(franges))
             return
         raw = memoryview(self.arrange(franges, block, self.stream.pool).reshape(-1).view(np.uint8))
         self.stream.write((at, raw[i * run : (i + 1) * run]) for i, at in enumerate(offsets))
@@ -376,16 +379,36 @@ class NiftiGzWriter(_NiftiOutput):
     def flush(self) -> None:
         if self._stage is not None:
             self._stage.flush()
+            self.stream.extra["staged_boxes"] = sorted(self._boxes)
         self.stream.flush()
 
+    @property
+    def complete(self) -> bool:
+        if self._stage is None:
+            return not self.stream.missing()
+        # plans' boxes are disjoint: the stage is complete when their voxels add up to the file's
+        return sum(math.prod(b - a for a, b in box) for box in self._boxes) == math.prod(self.file_shape)
+
     def close(self) -> None:
+        """Finish the `.nii.gz` when every voxel has arrived. A stopped run's writer (not every tile written)
+        is made durable and left resumable instead: the partial, its index, spill and stage stay."""
         if self._closed:
+            return
+        self._closed = True
+        if not self.complete:
+            if self._stage is not None:
+                self._stage.flush()
+                self.stream.extra["staged_boxes"] = sorted(self._boxes)
+                self._stage.close()
+                os.close(self._stage_fd)  # type: ignore[arg-type]
+                self._stage, self._stage_fd = None, None
+            self.stream.release()
+            self._scratch.close()
             return
         if self._stage is not None:
             self._stage.flush()
             self._compress_stage()
         self.stream.close()
-        self._closed = True
         self._drop_stage()
         self._scratch.close()
 
