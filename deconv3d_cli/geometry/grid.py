@@ -181,7 +181,7 @@ def _check_shape(shape: Any, param: str, what: str) -> tuple[int, int, int]:
         raise GridError(f"the {what} shape {shape!r} is not three whole numbers", param) from None
     if len(dims) != 3 or any(n < 1 for n in dims):
         raise GridError(f"the {what} shape {list(dims)} must be three positive lengths", param)
-    return dims  # type: ignore[return-value]
+    return dims[0], dims[1], dims[2]
 
 
 def _like_parts(like: Any) -> tuple[tuple[int, int, int], np.ndarray]:
