@@ -16,6 +16,9 @@ from .report import file_printer, lines
 ENGINE_PATHS = ["auto", "transpose", "transpose_cl", "transpose_dnn", "transpose_dnn_cl", "phase", "phase_cl",
                 "phase_dnn", "phase_dnn_cl", "separable"]  # fmt: skip
 BATCH_ONLY = ("from_list", "skip_existing", "fail_fast", "shard", "output_format")
+# layer.interpolators.INTERPOLATORS, spelled out so that --help imports nothing (a test keeps them in step)
+INTERPOLATORS = ["nearest", "linear", "cubic", "bspline", "lanczos"]
+GRID_FLAGS = ("voxel_size", "shape", "like", "interp")
 
 
 PATH = click.Path(path_type=Path)
@@ -37,7 +40,14 @@ OPTIONS = [
     click.option("--spec", "spec_path", type=PATH, help="Layer spec (YAML) with its weights."),
     click.option("--preset",
                  help="Weight-free upsampling instead of a spec: nearest or trilinear (see `presets`)."),
-    click.option("--scale", help="Preset scale per axis: 2, or D,H,W such as 2,2,3."),
+    click.option("--scale", help="Scale per axis: 2, or D,H,W such as 2,2,3 (integers with --preset; real factors "
+             ">= 1 such as 1.5 with --interp, which is linear by default)."),
+click.option("--voxel-size", help="Resample to this voxel size: V or V,V,V in the file's units (mm for NIfTI)."),
+click.option("--shape", help="Resample to this many voxels: D,H,W (at least the input's)."),
+click.option("--like", type=PATH, help="Resample onto the grid of REF (its shape, spacing and origin)."),
+click.option("--interp", type=click.Choice(INTERPOLATORS, case_sensitive=False),
+             help="Interpolator for --voxel-size/--scale/--shape/--like: nearest, linear (default), cubic (Keys "
+             "a=-0.5), bspline (cubic, prefiltered) or lanczos (SimpleITK's windowed sinc, radius 5)."),
     click.option("--boundary", type=click.Choice(["zeros", "replicate", "reflect"], case_sensitive=False),
                  help="Input boundary: zeros is Keras's padding.  "
                  "[default: replicate for presets, zeros for specs]"),
@@ -166,21 +176,51 @@ def _check_usage(p: dict[str, Any]) -> None:
         raise click.UsageError("--preview draws one finished run: use it with -o and without --dry-run")
 
 
-def layer_of(spec_path: Path | None, preset: str | None, scale: str | None) -> Any:
-    """The layer to run: a LayerSpec, or a preset (a factory of the input's channel count)."""
+def layer_of(spec_path: Path | None, preset: str | None, scale: str | None, grid: dict[str, Any] | None = None) -> Any:
+    """What to compute: a LayerSpec, a preset (a factory of the input's channel count), or a resampling
+    (any of --voxel-size, --shape, --like, --interp, or --scale without a layer)."""
+    grid = {k: v for k, v in (grid or {}).items() if v is not None}
     if spec_path is not None and preset is not None:
         raise click.UsageError("give either --spec or --preset, not both")
+    named = [f"--{k.replace('_', '-')}" for k in grid if k != "boundary"]
+    if (spec_path is not None or preset is not None) and named:
+        raise click.UsageError(f"{named[0]} resamples without a layer: use it without --spec and --preset")
+    if spec_path is None and preset is None:
+        if not named and scale is None:
+            raise click.UsageError(
+                "give the layer with --spec SPEC.yaml, a preset (--preset trilinear --scale 2), or a grid "
+                "(--scale 1.5, --voxel-size 0.5, --shape D,H,W or --like REF)"
+            )
+        return _resampling(scale, grid)
     if preset is None:
         if scale is not None:
-            raise click.UsageError("--scale goes with --preset; a spec's scale is its strides")
-        if spec_path is None:
-            raise click.UsageError("give the layer with --spec SPEC.yaml, or --preset trilinear --scale 2")
+            raise click.UsageError("--scale goes with --preset or a resampling; a spec's scale is its strides")
         from ..layer.spec import LayerSpec
 
         return LayerSpec.from_yaml(spec_path)
     from ..layer.presets import Preset
 
+    if scale is not None and any("." in part for part in scale.split(",")):
+        raise click.UsageError(
+            f"presets take integer factors; for --scale {scale}, leave out --preset (linear interpolation) or "
+            "give --interp NAME"
+        )
     return Preset.parse(preset, scale if scale is not None else 2)
+
+
+def _resampling(scale: str | None, grid: dict[str, Any]) -> Any:
+    from ..layer.resample import ResampleSpec
+    from ..run.job import reference_grid
+
+    like = reference_grid(grid["like"]) if "like" in grid else None
+    return ResampleSpec.create(
+        voxel_size=grid.get("voxel_size"),
+        scale=scale,
+        shape=grid.get("shape"),
+        like=like,
+        interp=(grid.get("interp") or "linear").lower(),
+        boundary=(grid.get("boundary") or "replicate").lower(),
+    )
 
 
 def _options_of(p: dict[str, Any]) -> Any:
@@ -209,7 +249,7 @@ def _request(p: dict[str, Any]) -> Any:
                       p["fail_fast"])  # fmt: skip
     listed = tuple(p["from_list"]) if p["from_list"] is not None else ()
     return Request(
-        layer=layer_of(p["spec_path"], p["preset"], p["scale"]),
+        layer=layer_of(p["spec_path"], p["preset"], p["scale"], {k: p[k] for k in (*GRID_FLAGS, "boundary")}),
         inputs=tuple(str(i) for i in p["inputs"]),
         options=_options_of(p),
         output=p["output"],

@@ -101,7 +101,8 @@ class Resampler:
         if t.ndim != 5 or tuple(t.shape[2:]) != tuple(self.grid.in_shape):
             raise SpecError(f"volume of shape {tuple(t.shape)}; this grid is for (N, C, *{self.grid.in_shape})")
         if self.spec.boundary == "zeros":
-            slab = t[(slice(None), slice(None), *(slice(*_rows(ax)) for ax in self.axes))]
+            rows: tuple[Any, ...] = (slice(None), slice(None), *(slice(*_rows(ax)) for ax in self.axes))
+            slab = t[rows]
             return self.tile(slab, (0, 0, 0), self.out_shape)
         n, c = int(t.shape[0]), int(t.shape[1])
         spans = [(0, ax.out) for ax in self.axes]
@@ -146,18 +147,20 @@ class Resampler:
         lo = [pads[2 * a] for a in range(3)]
         shape = [y.shape[0]] + [y.shape[a + 1] + pads[2 * a] + pads[2 * a + 1] for a in range(3)]
         out = torch.zeros(shape, dtype=y.dtype, device=y.device)
-        out[(slice(None), *(slice(lo[a], lo[a] + y.shape[a + 1]) for a in range(3)))] = y
+        inner: tuple[Any, ...] = (slice(None), *(slice(lo[a], lo[a] + y.shape[a + 1]) for a in range(3)))
+        out[inner] = y
         return out
 
     def _run(self, y: torch.Tensor, spans: list[tuple[int, int]], maps: list[np.ndarray | None]) -> torch.Tensor:
         """(B, d, h, w) rows -> the tile. Along axis a, local row j is footprint row lo + j, or row maps[a][j]."""
         for a in (2, 1, 0) if self.stages else ():  # prefilter (B-spline only), innermost axis first
-            if maps[a] is not None:  # extend this axis now (whole volumes only)
+            rows_of = maps[a]
+            if rows_of is not None:  # extend this axis now (whole volumes only)
                 view = _axis_view(y, a + 1)
-                ext = torch.empty((view.shape[0], len(maps[a]), view.shape[2]), dtype=y.dtype, device=y.device)
-                _gather(view, torch.from_numpy(maps[a]).to(y.device), ext)
+                ext = torch.empty((view.shape[0], len(rows_of), view.shape[2]), dtype=y.dtype, device=y.device)
+                _gather(view, torch.from_numpy(rows_of).to(y.device), ext)
                 shape = list(y.shape)
-                shape[a + 1] = len(maps[a])
+                shape[a + 1] = len(rows_of)
                 y, maps[a] = ext.view(shape), None
             y = _prefilter(y, a + 1, self.stages, self.chunk)
         for a in self.order:

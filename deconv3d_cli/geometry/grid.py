@@ -45,6 +45,9 @@ REL_TOL = 1e-6
 # `like`: a reference axis whose direction drifts by at most this many input voxels (over the whole
 # reference extent) off the input axis it runs along counts as parallel; the drift is then ignored.
 PARALLEL_TOL = 1e-3
+# A reference grid within this many input voxels of the input's own field of view is taken as exactly it
+# (float32 NIfTI headers round a grid this tool wrote by about 1e-7 of its extent).
+SNAP_TOL = 1e-4
 
 
 class GridError(ValueError):
@@ -178,7 +181,7 @@ def _check_shape(shape: Any, param: str, what: str) -> tuple[int, int, int]:
         raise GridError(f"the {what} shape {shape!r} is not three whole numbers", param) from None
     if len(dims) != 3 or any(n < 1 for n in dims):
         raise GridError(f"the {what} shape {list(dims)} must be three positive lengths", param)
-    return dims  # type: ignore[return-value]
+    return dims[0], dims[1], dims[2]
 
 
 def _like_parts(like: Any) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -292,6 +295,11 @@ class GridRequest:
                     "like",
                 )
         maps = tuple(AxisMap(float(rot[j, j]), float(m[j, 3])) for j in range(3))
+        fov = tuple(AxisMap(n[j] / ref_shape[j], (n[j] - ref_shape[j]) / (2 * ref_shape[j])) for j in range(3))  # type: ignore[index]
+        if all(_same_map(a, b, ref_shape[j]) for j, (a, b) in enumerate(zip(maps, fov))):  # type: ignore[index]
+            # The reference is this input's own field of view at another size (a grid made by this tool,
+            # written with a float32 header): the exact maps, so a round trip gives the same bytes.
+            return Grid(n, ref_shape, _readonly(a_in @ map_matrix(fov)), fov, "like")  # type: ignore[arg-type]
         for ax, mp in enumerate(maps):
             if abs(mp.scale) > 1 + REL_TOL:
                 raise GridError(
@@ -313,6 +321,11 @@ def output_grid(
 ) -> Grid:
     """The output grid for an input of `in_shape` and `affine`, said exactly one of the four ways."""
     return GridRequest.create(voxel_size=voxel_size, scale=scale, shape=shape, like=like).resolve(in_shape, affine)
+
+
+def _same_map(a: AxisMap, b: AxisMap, size: int) -> bool:
+    """Whether two axis maps place every one of `size` voxels within SNAP_TOL input voxels of each other."""
+    return abs(a.shift - b.shift) <= SNAP_TOL and abs(a.scale - b.scale) * max(size - 1, 1) <= SNAP_TOL
 
 
 def map_matrix(maps: Sequence[AxisMap]) -> np.ndarray:

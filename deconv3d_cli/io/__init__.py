@@ -158,14 +158,20 @@ def slab_axis(fmt: str) -> int:
 
 def output_meta(meta: VolumeMeta, axes: Sequence[Axis]) -> VolumeMeta:
     """Input geometry carried to the output: spacing divided by the strides, affine per SEMANTICS.md."""
-    derived = meta.affine is None
-    affine_in = np.diag([*(meta.spacing or (1.0, 1.0, 1.0)), 1.0]) if derived else meta.affine
+    affine_in = np.diag([*(meta.spacing or (1.0, 1.0, 1.0)), 1.0]) if meta.affine is None else meta.affine
+    spacing = None if meta.spacing is None else geometry.output_spacing(meta.spacing, [ax.stride for ax in axes])
+    return placed_meta(meta, geometry.output_affine(affine_in, axes), spacing)
+
+
+def placed_meta(meta: VolumeMeta, affine: np.ndarray, spacing: Sequence[float] | None) -> VolumeMeta:
+    """The input's geometry and attributes, placed on the output's grid (`affine`, `spacing`); the spacing
+    only where the input had one, and the affine marked derived where the input had none."""
     return VolumeMeta(
-        spacing=None if meta.spacing is None else geometry.output_spacing(meta.spacing, [ax.stride for ax in axes]),
-        affine=geometry.output_affine(affine_in, axes),
+        spacing=None if meta.spacing is None or spacing is None else tuple(float(v) for v in spacing),  # type: ignore[arg-type]
+        affine=np.asarray(affine, dtype=np.float64),
         attrs=dict(meta.attrs),
         header=meta.header,
-        affine_derived=derived,
+        affine_derived=meta.affine is None,
     )
 
 

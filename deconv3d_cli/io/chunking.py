@@ -35,8 +35,9 @@ def output_chunks(
     if lay.channel_axis is not None:
         chunks[lay.channel_axis] = int(shape[lay.channel_axis])
     asked = options.get("chunks")
+    spatial: list[int]
     if asked is not None:
-        spatial = parse_chunks(asked, len(shape))
+        spatial = list(parse_chunks(asked, len(shape)))
         if len(spatial) == len(shape):
             return tuple(max(1, min(int(c), int(n))) for c, n in zip(spatial, shape))
     else:

@@ -211,9 +211,9 @@ class Hdf5Reader:
 
     def close(self) -> None:
         if self._file is not None:
-            self._ds = self._raw = None  # type: ignore[assignment]  # an external file closes with them
+            self._ds = self._raw = None  # an external file closes with them
             self._file.close()
-            self._file = None  # type: ignore[assignment]
+            self._file = None
 
 
 def _refuse_shapeless(ds: h5py.Dataset, name: str, src: str) -> None:

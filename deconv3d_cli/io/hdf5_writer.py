@@ -234,7 +234,7 @@ class Hdf5Writer:
         """Drop the file as it is on disk (as a kill now would leave it), writing nothing more."""
         f, self._file = self._file, None
         abandon(f)  # first: dropping the dataset would flush its chunk cache to the failing disk
-        self._ds = None  # type: ignore[assignment]
+        self._ds = None
 
 
 def _check_chunk_index(ds: h5py.Dataset, file_size: int, src: str) -> None:

@@ -42,7 +42,8 @@ def _header(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
         elif version == (2, 0):
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
         else:
-            shape, fortran, dtype = np.lib.format._read_array_header(f, version)  # noqa: SLF001 - v3.0
+            read = getattr(np.lib.format, "_read_array_header")  # noqa: B009 - numpy's own, for the v3.0 header
+            shape, fortran, dtype = read(f, version)
         offset = f.tell()
     if dtype.hasobject:
         raise ValueError("holds pickled objects; only plain numeric arrays are read")
@@ -57,7 +58,7 @@ class _Mapped:
         if 0 in self.shape:
             return np.zeros(self.shape, self.dtype)
         order = "F" if self.fortran else "C"
-        return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=self.offset, shape=self.shape, order=order)
+        return np.memmap(self.path, dtype=self.dtype, mode=mode, offset=self.offset, shape=self.shape, order=order)  # type: ignore[call-overload]
 
 
 class NpyReader:
@@ -191,7 +192,7 @@ class NpyWriter:
         whole = runs is not None and data.size * data.itemsize == len(runs[0]) * runs[1]  # not one to broadcast
         if whole and data.dtype == self.dtype and data.flags.c_contiguous:
             offsets, run = runs  # type: ignore[misc]
-            raw = memoryview(data.reshape(-1).view(np.uint8))
+            raw = memoryview(data.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
             for i, at in enumerate(offsets):
                 self._runs.write(at, raw[i * run : (i + 1) * run])
         elif self.mapped:
@@ -218,8 +219,9 @@ class NpyWriter:
             return
         box_shape = tuple(len(range(*s.indices(n))) for s, n in zip(index, self.shape))
         compact = np.ascontiguousarray(np.broadcast_to(np.asarray(data).astype(self.dtype, copy=False), box_shape))
-        raw = memoryview(compact.reshape(-1).view(np.uint8))
+        raw = memoryview(compact.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         offsets, run = runs
+        assert self._fd is not None
         for i, at in enumerate(offsets):
             direct.write_at(self._fd, raw[i * run : (i + 1) * run], at)
 
@@ -239,7 +241,6 @@ class NpyWriter:
                 self._runs.close()
                 os.close(self._fd)
                 self._fd = None
-
 
     def abort(self) -> None:
         """Close without the final fsync: the run failed (a full disk would fail the fsync again)."""
@@ -282,7 +283,5 @@ def create_writer(
 ) -> NpyWriter:
     dataset = options.pop("dataset", None)
     if dataset:
-        raise InputError(
-            "--output-dataset applies to HDF5 outputs, not .npy", source=str(path), param="output_dataset"
-        )
+        raise InputError("--output-dataset applies to HDF5 outputs, not .npy", source=str(path), param="output_dataset")
     return NpyWriter(path, shape, dtype, meta, resume=resume)

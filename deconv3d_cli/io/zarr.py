@@ -180,7 +180,7 @@ class ZarrReader:
             if geometry is not None:
                 scale, shift = (v[-3:] for v in geometry)
                 if all(math.isfinite(v) and v > 0 for v in scale) and all(math.isfinite(v) for v in shift):
-                    spacing = tuple(scale)
+                    spacing = (float(scale[0]), float(scale[1]), float(scale[2]))
                     affine = np.eye(4)
                     affine[[0, 1, 2], [0, 1, 2]] = scale
                     affine[:3, 3] = shift

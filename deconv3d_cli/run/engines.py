@@ -21,6 +21,7 @@ from .resources import usable_cpus
 
 JOURNAL = "journal"
 GIVEN = "given"
+FIXED = "the only one"
 
 
 def cpu_threads(job: Job) -> int:
@@ -28,14 +29,19 @@ def cpu_threads(job: Job) -> int:
 
 
 def engine_for(job: Job, engines: dict[tuple, Any] | None = None) -> Any:
-    """The engine for this job's layer and channels (from `engines`, a run's cache, when it has one)."""
+    """The engine for this job's layer and channels (from `engines`, a run's cache, when it has one);
+    a resampling's, for its own output grid."""
     from ..engine import Engine
 
     compute = job.options.compute
-    key = (job.spec.fingerprint(), job.channels, compute.device, compute.precision)
+    if job.grid is not None:
+        from ..engine.resample import Resampler
+
+        return Resampler(job.spec, job.grid, job.channels, compute.device, compute.precision)  # type: ignore[arg-type]
+    key = (job.fingerprint(), job.channels, compute.device, compute.precision)
     if engines is not None and key in engines:
         return engines[key]
-    engine = Engine(job.spec, job.channels, compute.device, compute.precision)
+    engine = Engine(job.spec, job.channels, compute.device, compute.precision)  # type: ignore[arg-type]
     if engines is not None:
         engines[key] = engine
     return engine
@@ -49,6 +55,8 @@ def settle(job: Job, engine: Any) -> dict[str, Any]:
         threads = cpu_threads(job)
         if torch.get_num_threads() != threads:
             torch.set_num_threads(threads)
+    if not hasattr(engine, "available_paths"):  # a resampler: one formulation, nothing to choose
+        return {"engine_path": engine.path, "engine_path_source": FIXED, "torch_threads": torch.get_num_threads()}
     earlier = journal_header(job.output) if job.options.write.resume else None
     requested = job.options.compute.engine_path
     if earlier and earlier.get("engine_path") in engine.available_paths():

@@ -28,10 +28,25 @@ from ..io.atomic import check_target, partial_path, same_file
 from ..io.base import VolumeMeta
 from ..io.formats import FormatFacts
 from ..layer import regularizers
+from ..layer.resample import ResampleSpec
 from ..layer.spec import LayerSpec
 from .options import Options
 
-LayerSource = LayerSpec | Callable[[int], LayerSpec]  # a preset is a factory of the input's channel count
+# What to compute: a Conv3DTranspose layer, a preset (a factory of the input's channel count), or a
+# resampling to another grid (each channel alone).
+LayerSource = LayerSpec | Callable[[int], LayerSpec] | ResampleSpec
+
+
+def reference_grid(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """(spatial shape, voxel-to-world affine) of a reference file (`--like`): its affine, else diag(spacing)."""
+    reader = io.open_reader(Path(path))
+    try:
+        layout = Layout(len(reader.shape), getattr(reader, "data_format", None) or "channels_last")
+        meta = reader.meta
+        affine = meta.affine if meta.affine is not None else np.diag([*(meta.spacing or (1.0, 1.0, 1.0)), 1.0])
+        return layout.spatial_shape(reader.shape), np.asarray(affine, dtype=np.float64)
+    finally:
+        reader.close()
 
 
 def layer_channels(layer: LayerSource) -> int | None:
@@ -45,7 +60,7 @@ def layer_channels(layer: LayerSource) -> int | None:
 class Job:
     """Everything known about one output before any voxel is computed."""
 
-    spec: LayerSpec
+    spec: LayerSpec | ResampleSpec
     input: Path
     output: Path
     reader: Any  # open while the job runs locally; None inside a Dask task (see open_input)
@@ -59,6 +74,8 @@ class Job:
     meta: VolumeMeta
     options: Options
     channels: int
+    filters: int  # output channels (a resampling keeps the input's)
+    grid: Any = None  # a resampling's output grid (geometry.grid.Grid); None for a layer
     out_scaling: tuple[float, float] | None = None  # (slope, intercept) an integer output is stored with
     chunks: tuple[int, ...] | None = None  # a chunked output's chunks: the user's, or defaults dividing the tiles
     timings: dict[str, float] = field(default_factory=dict)
@@ -69,7 +86,19 @@ class Job:
 
     @property
     def boundary(self) -> str:
-        return self.options.compute.boundary
+        return self.spec.boundary if isinstance(self.spec, ResampleSpec) else self.options.compute.boundary
+
+    @property
+    def activity_regularizer(self) -> Any:
+        return getattr(self.spec, "activity_regularizer", None)
+
+    def fingerprint(self) -> str:
+        """What the output was computed with: the layer's weights and arguments, or the resampling asked for."""
+        if isinstance(self.spec, ResampleSpec):
+            import json
+
+            return json.dumps(self.spec.to_config(), sort_keys=True)
+        return self.spec.fingerprint()
 
     @property
     def output_bytes(self) -> int:
@@ -82,7 +111,7 @@ class Job:
             "input": str(self.input.resolve()),
             "input_size": st.st_size,
             "input_mtime_ns": st.st_mtime_ns,
-            "spec": self.spec.fingerprint(),
+            "spec": self.fingerprint(),
             "out_shape": list(self.out_shape),
             "out_dtype": self.out_dtype.str,
             "out_scaling": None if self.out_scaling is None else list(self.out_scaling),
@@ -115,6 +144,7 @@ class Job:
             "spacing_in": _floats(None if self.reader is None else self.reader.meta.spacing),
             "spacing_out": _floats(self.meta.spacing),
             "fourth_axis": getattr(self.reader, "fourth_axis_choice", None),
+            **({} if self.grid is None else {"grid": self.grid.describe()}),
         }
 
     def open_input(self) -> Any:
@@ -148,6 +178,8 @@ class Job:
 
     def weights(self) -> tuple[Any, Any]:
         """The kernel and bias the run uses (drawn from the initializers when the spec has none)."""
+        if isinstance(self.spec, ResampleSpec):
+            return None, None
         if self.spec.kernel is not None:
             return self.spec.kernel, self.spec.bias
         return self.spec.materialise(self.channels)
@@ -238,31 +270,29 @@ def _plan(
             source=str(input_path),
         )
     # Formats with a fixed axis order (NIfTI: x, y, z, channels) say so; others follow the spec.
-    spec_format = layer.data_format if isinstance(layer, LayerSpec) else "channels_last"
+    spec_format = layer.data_format if isinstance(layer, (LayerSpec, ResampleSpec)) else "channels_last"
     layout = Layout(len(shape), getattr(reader, "data_format", None) or spec_format)
     channels = layout.channels(shape)
-    spec = layer if isinstance(layer, LayerSpec) else layer(channels)
-    expected = layer_channels(spec)
-    if expected is not None and channels != expected:
-        raise InputError(
-            f"shape {shape} has {channels} channel(s) ({spec.data_format}) but the layer expects "
-            f"{expected}; check data_format in the spec",
-            source=str(input_path),
-        )
-    compute = options.compute
-    try:
-        axes = boundary.extend_axes(spec.axes(layout.spatial_shape(shape)), compute.boundary)
-    except ValueError as exc:
-        raise InputError(str(exc), param="boundary") from None
-    out_shape = layout.output_shape(shape, [ax.out for ax in axes], spec.filters)
-    out_layout = layout.output_layout(spec.filters)
+    grid = None
+    if isinstance(layer, ResampleSpec):
+        spec: LayerSpec | ResampleSpec = layer
+        grid = _grid(layer, layout.spatial_shape(shape), reader, input_path)
+        axes: Any = layer.axes(grid)
+        filters = channels
+    else:
+        spec = layer if isinstance(layer, LayerSpec) else layer(channels)
+        axes = _layer_axes(spec, layout, shape, channels, input_path, options)
+        filters = spec.filters
+    out_shape = layout.output_shape(shape, [ax.out for ax in axes], filters)
+    out_layout = layout.output_layout(filters)
     out_dtype = resolve_output_dtype(options.write.dtype, reader.dtype, output_path)
     formats.check_output(out_facts, output_path, out_dtype, options.write.writer_options, options.write.dataset)
-    plan = _make_plan(spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, options, out_facts)
-    meta = io.output_meta(reader.meta, axes)
+    plan = _make_plan(spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, filters, options,
+                      out_facts)  # fmt: skip
+    meta = io.output_meta(reader.meta, axes) if grid is None else io.placed_meta(reader.meta, grid.affine, grid.spacing)
     job = Job(
         spec, input_path, output_path, reader, layout, out_layout, out_shape, out_dtype, plan, out_facts, in_facts,
-        meta, options, channels,
+        meta, options, channels, filters, grid,
     )  # fmt: skip
     job.chunks = options.write.chunks or aligned_chunks(job)
     return job
@@ -307,8 +337,34 @@ def aligned_chunks(job: Job) -> tuple[int, ...] | None:
     return tuple(chunks)
 
 
+def _layer_axes(
+    spec: LayerSpec, layout: Layout, shape: tuple[int, ...], channels: int, source: Path, options: Options
+) -> Any:
+    """A layer's three axes for this input (boundary extension included), its channels checked."""
+    expected = layer_channels(spec)
+    if expected is not None and channels != expected:
+        raise InputError(
+            f"shape {shape} has {channels} channel(s) ({spec.data_format}) but the layer expects "
+            f"{expected}; check data_format in the spec",
+            source=str(source),
+        )
+    try:
+        return boundary.extend_axes(spec.axes(layout.spatial_shape(shape)), options.compute.boundary)
+    except ValueError as exc:
+        raise InputError(str(exc), param="boundary") from None
+
+
+def _grid(spec: ResampleSpec, spatial: tuple[int, int, int], reader: Any, source: Path) -> Any:
+    """A resampling's output grid for this input (from its affine, or its spacing), refusals naming the file."""
+    meta = reader.meta
+    try:
+        return spec.grid(spatial, meta.affine, meta.spacing)
+    except InputError as exc:
+        raise InputError(exc.message, source=str(source), param=exc.param) from None
+
+
 def _make_plan(
-    spec: LayerSpec,
+    spec: LayerSpec | ResampleSpec,
     reader: Any,
     layout: Layout,
     out_layout: Layout,
@@ -316,6 +372,7 @@ def _make_plan(
     out_dtype: np.dtype,
     axes: Any,
     channels: int,
+    filters: int,
     options: Options,
     facts: FormatFacts,
 ) -> Plan:
@@ -336,7 +393,7 @@ def _make_plan(
             axes,
             layout.batch(reader.shape),
             channels,
-            spec.filters,
+            filters,
             spec.kernel_size,
             memory_limit=compute.memory_limit,
             tile_shape=compute.tile,

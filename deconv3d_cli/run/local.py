@@ -90,7 +90,7 @@ class Pipeline:
         self.stop = threading.Event()
         self.errors: list[BaseException] = []
         self.counts = Counts()
-        self.activity = ActivityAccumulator(job.spec.activity_regularizer)
+        self.activity = ActivityAccumulator(job.activity_regularizer)
         self.transfers = Transfers(engine.device)
         self.q_in: queue.Queue[Any] = queue.Queue(maxsize=READ_AHEAD)
         self.q_out: queue.Queue[Any] = queue.Queue(maxsize=WRITE_BEHIND)
@@ -262,7 +262,7 @@ class Pipeline:
     def _pool(self) -> Pool:
         job = self.job
         plan = job.plan
-        tile_bytes = plan.batch_step * job.spec.filters * int(np.prod(plan.tile_shape)) * job.out_dtype.itemsize
+        tile_bytes = plan.batch_step * job.filters * int(np.prod(plan.tile_shape)) * job.out_dtype.itemsize
         return Pool(WRITE_BEHIND + 2, tile_bytes, self.transfers.host_buffer)
 
     def _write_stage(self, bar: Any) -> None:
@@ -361,11 +361,12 @@ def execute(job: Job, engine: Any, opts: Options | None = None, on_progress: Cal
     so the next file of a batch gets its own decision. `opts` is the job's own (kept for callers that
     pass it).
     """
-    before = engine.forced
+    before = getattr(engine, "forced", None)
     try:
         return Pipeline(job, engine, on_progress).run()
     finally:
-        engine.forced = before
+        if hasattr(engine, "forced"):
+            engine.forced = before
 
 
 def run_job(

@@ -22,7 +22,7 @@ def bar(job: Any, enabled: bool, initial: int = 0) -> Iterator[Any]:
     from tqdm import tqdm
 
     b = tqdm(
-        total=int(np.prod(job.out_shape)) // job.spec.filters,
+        total=int(np.prod(job.out_shape)) // job.filters,
         initial=initial,
         unit="vox",
         unit_scale=True,

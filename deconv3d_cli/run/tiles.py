@@ -98,7 +98,7 @@ def compute_tile(
     `alloc(shape)` gives the host array to fill (the local runner's recycled buffers); a fresh one by
     default. `activity` accumulates the spec's activity_regularizer over the computed tiles.
     """
-    filters = job.spec.filters
+    filters = job.filters
     y = engine.compute_tile(slab, tile).permute(job.in_layout.ncdhw_order(filters))
     if activity is not None:
         activity.add(y)

@@ -121,7 +121,7 @@ class TileOutput:
         self.missing = 0
         self.devices: set[str] = set()
         self.threads: set[int] = set()
-        self.activity = ActivityAccumulator(job.spec.activity_regularizer)
+        self.activity = ActivityAccumulator(job.activity_regularizer)
         self.memory: dict[int, int] = {}
 
     def _create_store(self) -> None:

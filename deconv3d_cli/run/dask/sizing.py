@@ -159,7 +159,7 @@ def _sizing(job: Job, opts: Options, workers: int | None) -> dict[str, Any]:
     batches = [min(b + plan.batch_step, plan.batch) - b for b in range(0, plan.batch, plan.batch_step)]
     in_item, out_item = job.reader.dtype.itemsize, job.out_dtype.itemsize
     read_task = max(batches) * job.channels * math.prod(max(s) for s in slabs) * in_item
-    write_task = max(batches) * job.spec.filters * math.prod(min(t, n) for t, n in zip(plan.tile_shape, plan.out_shape))
+    write_task = max(batches) * job.filters * math.prod(min(t, n) for t, n in zip(plan.tile_shape, plan.out_shape))
     read_total = plan.batch * job.channels * math.prod(sum(s) for s in slabs) * in_item
     return {
         "scheduler": opts.cluster.scheduler,

@@ -72,7 +72,8 @@ def decide(job: Job) -> dict[str, Any]:
     the same policy as a local run: the journal's, the named one, or the machine's recorded decision)."""
     engine = _engine(job)
     decision = settle(job, engine)
-    engine.forced = None
+    if hasattr(engine, "forced"):
+        engine.forced = None
     return decision
 
 
@@ -94,14 +95,14 @@ def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
 
     job = ctx.job
     started = time.perf_counter()
-    activity = ActivityAccumulator(job.spec.activity_regularizer)
+    activity = ActivityAccumulator(job.activity_regularizer)
     engine = _engine(job)
     threads = job.options.compute.threads
     if engine.device.type == "cpu" and threads and torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
-    if engine.forced != ctx.engine_path:
+    if hasattr(engine, "force_path") and engine.forced != ctx.engine_path:
         engine.force_path(ctx.engine_path, "cluster")
-    if id(engine) not in _WARM:  # one-time set-up (thread pools, primitive caches) before memory is measured
+    if hasattr(engine, "force_path") and id(engine) not in _WARM:  # one-time set-up before memory is measured
         import numpy as np
 
         engine.tile(np.zeros((1, job.channels, 2, 2, 2), np.float32), (0, 0, 0), (1, 1, 1))
