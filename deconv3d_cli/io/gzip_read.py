@@ -204,7 +204,7 @@ class GzipSource:
             self._consume(a - self._pos, None)  # a gap: skipped
         start = max(self._pos, a)
         if b > start:
-            self._consume(b - start, memoryview(win)[start - a :])
+            self._consume(b - start, memoryview(win)[start - a :])  # type: ignore[arg-type]
         self._win, self._win_start = win, a
         return win, a
 
@@ -244,7 +244,7 @@ class GzipSource:
 
     def _staged_view(self, b: int) -> np.ndarray:
         if self._staged_map is None:
-            self._staged_map = np.memmap(self._staged, dtype=np.uint8, mode="r", shape=(self.total,))
+            self._staged_map = np.memmap(self._staged, dtype=np.uint8, mode="r", shape=(self.total,))  # type: ignore[call-overload]
         return self._staged_map
 
     def close(self) -> None:

@@ -100,7 +100,7 @@ class BlockFile:
         offsets, run = self.order.runs(franges)
         try:
             if run >= direct.MIN_RUN or len(offsets) <= STREAM_MAX_RUNS:
-                raw = memoryview(arrange().reshape(-1).view(np.uint8))
+                raw = memoryview(arrange().reshape(-1).view(np.uint8))  # type: ignore[arg-type]
                 for i, at in enumerate(offsets):
                     self.runs.write(at, raw[i * run : (i + 1) * run])
             elif self.reserved:
@@ -369,7 +369,8 @@ class NiftiGzWriter(_NiftiOutput):
             self._stage.write(franges, block, lambda: self.arrange(franges, block, self.stream.pool))
             self._boxes.add(tuple(franges))
             return
-        raw = memoryview(self.arrange(franges, block, self.stream.pool).reshape(-1).view(np.uint8))
+        arranged = self.arrange(franges, block, self.stream.pool)
+        raw = memoryview(arranged.reshape(-1).view(np.uint8))  # type: ignore[arg-type]
         self.stream.write((at, raw[i * run : (i + 1) * run]) for i, at in enumerate(offsets))
 
     def _fresh(self) -> bool:
