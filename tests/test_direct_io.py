@@ -17,7 +17,7 @@ from helpers import options as Options
 
 from deconv3d_cli import InputError, LayerSpec
 from deconv3d_cli.geometry.tiling import PIPELINE_MIN_BYTES, PIPELINE_TILES, make_plan
-from deconv3d_cli.io import direct, writes_slabs
+from deconv3d_cli.io import direct
 from deconv3d_cli.io.base import VolumeMeta
 from deconv3d_cli.io.npy import NpyWriter, aligned_header
 from deconv3d_cli.run.job import prepare
@@ -633,12 +633,6 @@ def cubic_reference(p, memory_limit: int) -> tuple[int, ...]:
         half = -(-shape[pick] // 2)
         shape[pick] = max(units[pick], -(-half // units[pick]) * units[pick])
     return tuple(shape)
-
-
-def test_writes_slabs_only_for_npy():
-    assert writes_slabs("npy") is True
-    assert writes_slabs("hdf5") is False
-    assert writes_slabs("nifti") is False
 
 
 @pytest.mark.parametrize(

@@ -346,13 +346,23 @@ def test_tiles_already_in_file_order_are_written_without_a_copy(tmp_path, monkey
     np.testing.assert_array_equal(got.reshape(want.shape), want)
 
 
-def test_nifti_declares_slabs_along_z_for_the_planner():
-    from deconv3d_cli import io as vio
+def test_nifti_outputs_are_planned_as_z_slabs_in_file_order(tmp_path):
+    """The plan cuts z (the axis slowest in the file) first, then y, and sends the tiles z-major."""
+    from deconv3d_cli.io import formats
+    from deconv3d_cli.layer.presets import make_spec
+    from deconv3d_cli.run.job import prepare
+    from deconv3d_cli.run.options import ComputeOptions, Options
 
-    assert nifti.WRITES_SLABS is True and nifti.SLAB_AXIS == 2
-    assert vio.slab_axis("nifti") == 2 and vio.slab_axis("npy") == 0
-    # plans cut along axis 0 only, for now: NIfTI keeps the general plan until they can cut along z
-    assert vio.writes_slabs("nifti") is False and vio.writes_slabs("npy") is True
+    assert formats.NIFTI.order == formats.NIFTI_GZ.order == (2, 1, 0) and formats.NPY.order == (0, 1, 2)
+    nib.save(nib.Nifti1Image(np.zeros((64, 64, 64), np.float32), np.eye(4)), str(tmp_path / "in.nii"))
+    for limit in (16 << 20, 4 << 20):
+        opts = Options(compute=ComputeOptions(memory_limit=limit, boundary="replicate"), progress=False)
+        job = prepare(make_spec("trilinear", 2), tmp_path / "in.nii", tmp_path / "o.nii.gz", opts)
+        job.close()
+        tiles = list(job.plan.tiles())
+        assert job.plan.tile_shape[0] == 128 and job.plan.tile_shape[2] < 128  # whole x rows, z cut first
+        keys = [(t.out[2].start, t.out[1].start) for t in tiles]
+        assert keys == sorted(keys) and [t.index for t in tiles] == list(range(len(tiles)))
 
 
 @pytest.mark.parametrize("boxes_of", [z_slabs, x_slabs], ids=["streamed", "staged"])

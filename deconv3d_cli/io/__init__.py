@@ -141,21 +141,6 @@ def output_size(
     return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize, False
 
 
-def writes_slabs(fmt: str) -> bool:
-    """Whether the format writes slabs cut along array axis 0 as long contiguous runs (then plans prefer them).
-
-    A format whose slabs run along another axis (NIfTI: `slab_axis` 2, z) answers False until plans can
-    cut along that axis: slabs along axis 0 would be its worst case (short runs, out of file order).
-    """
-    module = _module(fmt)
-    return bool(getattr(module, "WRITES_SLABS", False)) and slab_axis(fmt) == 0
-
-
-def slab_axis(fmt: str) -> int:
-    """The spatial array axis slowest in the format's files: slabs cut along it are contiguous (.npy 0, NIfTI 2)."""
-    return int(getattr(_module(fmt), "SLAB_AXIS", 0))
-
-
 def output_meta(meta: VolumeMeta, axes: Sequence[Axis]) -> VolumeMeta:
     """Input geometry carried to the output: spacing divided by the strides, affine per SEMANTICS.md."""
     affine_in = np.diag([*(meta.spacing or (1.0, 1.0, 1.0)), 1.0]) if meta.affine is None else meta.affine

@@ -35,8 +35,8 @@ Writing
 -------
 Writers take boxes in the same layout and store them in file order, without memory maps (see
 nifti_write). Several output channels are written as NIfTI vectors: 5-D, ``dim[4] = 1`` (or the
-series' length), components on ``dim[5]``, intent ``NIFTI_INTENT_VECTOR``. Planners should cut slabs
-along `SLAB_AXIS` (z, the array axis slowest in the file) and send them in file order: each is then
+series' length), components on ``dim[5]``, intent ``NIFTI_INTENT_VECTOR``. Plans cut slabs along z,
+the array axis slowest in the file (`formats.NIFTI.order`), and send them in file order: each is then
 one long run of the file per component, written directly or compressed as it arrives.
 """
 
@@ -68,16 +68,12 @@ from .nifti_layout import AxisMap, FileOrder, normalise_shape, reader_axes, writ
 from .nifti_write import NiftiGzWriter, NiftiWriter
 
 FOURTH_AXIS_CHOICES = ("auto", "channels", "series")
-WRITES_SLABS = True  # whole x-y planes are contiguous runs of the file
-SLAB_AXIS = 2  # the presented spatial axis slowest in the file (z); .npy's is 0
 STAGING_SUFFIX = ".gzstage"  # the only file a .nii.gz writer may stage to (removed on close and abort)
 
 __all__ = [
     "NiftiReader",
     "NiftiWriter",
     "NiftiGzWriter",
-    "SLAB_AXIS",
-    "WRITES_SLABS",
     "carried_fields",
     "create_writer",
     "fit_scaling",
