@@ -30,7 +30,7 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
-	$(BIN)/ruff check deconv3d_cli tests benchmarks
+	$(MAKE) --no-print-directory lint
 
 # Peers (tensorflow-cpu, tf-keras, SimpleITK, scipy) come from the `bench` extra, installed here only.
 bench: install
@@ -39,8 +39,10 @@ bench: install
 	$(BIN)/python benchmarks/stream_bench.py
 	$(BIN)/python benchmarks/batch_bench.py
 
+# ruff over everything; mypy over run/, io/, geometry/ and engine/ (pyproject's [tool.mypy]).
 lint: install
 	$(BIN)/ruff check deconv3d_cli tests benchmarks
+	$(BIN)/mypy
 
 golden:
 	$(PYTHON) -m venv .venv-golden
