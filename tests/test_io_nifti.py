@@ -23,7 +23,7 @@ from deconv3d_cli.cli import main
 from deconv3d_cli.errors import InputError
 from deconv3d_cli.geometry.layout import Layout
 from deconv3d_cli.io import nifti
-from deconv3d_cli.io.base import VolumeMeta
+from deconv3d_cli.io.base import Destination, VolumeMeta
 from deconv3d_cli.io.nifti_header import INTENT_VECTOR, read_header
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -235,7 +235,7 @@ def test_bad_files_are_input_errors(tmp_path):
 
 
 def _write_all(path: Path, data: np.ndarray, meta: VolumeMeta, **options) -> None:
-    writer = nifti.create_writer(path, data.shape, data.dtype, meta, **options)
+    writer = nifti.create_writer(Destination(path, data.shape, data.dtype, meta), **options)
     # two boxes, as the pipeline would send them
     half = data.shape[-3] // 2 if data.ndim == 5 else data.shape[0] // 2
     if data.ndim == 5:
@@ -337,16 +337,16 @@ def test_nifti2_when_a_dimension_exceeds_nifti1(tmp_path):
 
 def test_writer_refuses_float16_and_a_dataset(tmp_path):
     with pytest.raises(InputError, match="float16"):
-        nifti.create_writer(tmp_path / "h.nii", (2, 2, 2), np.float16, VolumeMeta())
+        nifti.create_writer(Destination(tmp_path / "h.nii", (2, 2, 2), np.float16, VolumeMeta()))
     with pytest.raises(InputError, match="output-dataset"):
-        nifti.create_writer(tmp_path / "h.nii", (2, 2, 2), np.float32, VolumeMeta(), dataset="/x")
+        nifti.create_writer(Destination(tmp_path / "h.nii", (2, 2, 2), np.float32, VolumeMeta()), dataset="/x")
 
 
 def test_gz_writer_resumes_from_its_index_and_abort_removes_every_sidecar(tmp_path):
     data = np.random.default_rng(5).normal(size=(8, 6, 4)).astype(np.float32)
     out = tmp_path / ".partial-o.nii.gz"
     z = (slice(None), slice(None))
-    w = nifti.create_writer(out, data.shape, data.dtype, VolumeMeta())
+    w = nifti.create_writer(Destination(out, data.shape, data.dtype, VolumeMeta()))
     assert out.exists()  # the partial exists from the start, for --resume
     w.write(z + (slice(0, 2),), data[..., :2])
     w.flush()
@@ -354,14 +354,14 @@ def test_gz_writer_resumes_from_its_index_and_abort_removes_every_sidecar(tmp_pa
     w.stream._shutdown()  # killed: never closed
     del w
     assert (tmp_path / (out.name + ".gzindex")).exists()
-    w = nifti.create_writer(out, data.shape, data.dtype, VolumeMeta(), resume=True)
+    w = nifti.create_writer(Destination(out, data.shape, data.dtype, VolumeMeta(), resume=True))
     w.write(z + (slice(2, 4),), data[..., 2:])
     w.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
     np.testing.assert_array_equal(nib.load(out).get_fdata(dtype=np.float32), data)
     with pytest.raises(InputError, match="resume"):
-        nifti.create_writer(out, (9, 6, 4), data.dtype, VolumeMeta(), resume=True)
-    w = nifti.create_writer(out, data.shape, data.dtype, VolumeMeta())
+        nifti.create_writer(Destination(out, (9, 6, 4), data.dtype, VolumeMeta(), resume=True))
+    w = nifti.create_writer(Destination(out, data.shape, data.dtype, VolumeMeta()))
     w.write(z + (slice(0, 2),), data[..., :2])
     w.flush()
     w.abort()

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from deconv3d_cli import conv3d_transpose
 from deconv3d_cli.cli import main
 from deconv3d_cli.io import nifti
-from deconv3d_cli.io.base import VolumeMeta
+from deconv3d_cli.io.base import Destination, VolumeMeta
 from deconv3d_cli.io.nifti_header import INTENT_VECTOR, fit_scaling, read_header
 
 
@@ -68,7 +68,9 @@ def test_writer_stores_the_scaling_it_is_given(tmp_path):
     values = np.linspace(-22.45, 819.15, 6 * 5 * 4).reshape(6, 5, 4)
     stored = np.round((values - inter) / slope).astype(np.int16)
     for suffix in (".nii", ".nii.gz"):
-        w = nifti.create_writer(tmp_path / f"s{suffix}", stored.shape, np.int16, VolumeMeta(), scaling=(slope, inter))
+        w = nifti.create_writer(
+            Destination(tmp_path / f"s{suffix}", stored.shape, np.int16, VolumeMeta()), scaling=(slope, inter)
+        )
         w.write((slice(None),) * 3, stored)
         w.close()
         img = nib.load(tmp_path / f"s{suffix}")

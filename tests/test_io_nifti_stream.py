@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from deconv3d_cli.errors import InputError
 from deconv3d_cli.io import gzip_stream, nifti
-from deconv3d_cli.io.base import VolumeMeta
+from deconv3d_cli.io.base import Destination, VolumeMeta
 from deconv3d_cli.io.gzip_stream import GzipStreamWriter
 
 META = VolumeMeta(spacing=(1.0, 1.5, 2.0))
@@ -46,7 +46,7 @@ def x_slabs(shape, depth):
 
 
 def write(path: Path, data: np.ndarray, boxes, **options) -> Path:
-    w = nifti.create_writer(path, data.shape, data.dtype, META, **options)
+    w = nifti.create_writer(Destination(path, data.shape, data.dtype, META), **options)
     for i, box in enumerate(boxes):
         w.write(box, np.ascontiguousarray(data[box]))  # C-ordered tiles, as the pipeline makes them
         if i % 2:
@@ -182,18 +182,20 @@ def test_gz_levels_are_honoured(tmp_path, level, library):
     path = write(tmp_path / "o.nii.gz", data, z_slabs(data.shape, 4), compression_level=level)
     raw = path.read_bytes()
     assert gzip.decompress(raw)[352:] == data.tobytes(order="F")
-    other = nifti.create_writer(tmp_path / "x.nii.gz", data.shape, data.dtype, META, compression_level=level)
+    other = nifti.create_writer(
+        Destination(tmp_path / "x.nii.gz", data.shape, data.dtype, META), compression_level=level
+    )
     assert other.stream.library == library
     other.abort()
     if level == 0:
         assert len(raw) > data.nbytes  # stored
     with pytest.raises(InputError, match="0 \\(none\\) to 9"):
-        nifti.create_writer(tmp_path / "y.nii.gz", data.shape, data.dtype, META, compression_level=10)
+        nifti.create_writer(Destination(tmp_path / "y.nii.gz", data.shape, data.dtype, META), compression_level=10)
 
 
 def _interrupted(path: Path, data: np.ndarray, boxes, flushed: int, lost: int, resume_from: int) -> bytes:
     """Write `flushed` boxes and flush, `lost` more unflushed, die; resume from box `resume_from`."""
-    w = nifti.create_writer(path, data.shape, data.dtype, META, threads=2)
+    w = nifti.create_writer(Destination(path, data.shape, data.dtype, META), threads=2)
     for box in boxes[:flushed]:
         w.write(box, np.ascontiguousarray(data[box]))
     w.flush()
@@ -201,7 +203,7 @@ def _interrupted(path: Path, data: np.ndarray, boxes, flushed: int, lost: int, r
         w.write(box, np.ascontiguousarray(data[box]))
     w.stream._shutdown()  # killed: files as they are, nothing closed or removed
     del w
-    w = nifti.create_writer(path, data.shape, data.dtype, META, resume=True, threads=1)
+    w = nifti.create_writer(Destination(path, data.shape, data.dtype, META, resume=True), threads=1)
     for box in boxes[resume_from:]:
         w.write(box, np.ascontiguousarray(data[box]))
     w.close()
@@ -329,7 +331,7 @@ def test_tiles_already_in_file_order_are_written_without_a_copy(tmp_path, monkey
 
     options = {"data_format": "channels_first"} if layout else {}
     data = volume(shape, np.float32, seed=9)
-    w = nifti.create_writer(tmp_path / f"o{suffix}", shape, np.float32, META, **options)
+    w = nifti.create_writer(Destination(tmp_path / f"o{suffix}", shape, np.float32, META), **options)
     monkeypatch.setattr(nifti_write, "arrange", None)  # a copy into file order would fail
     axes = w.file_axes
     boxes = [(slice(None),) + b[:3] for b in z_slabs(shape[1:], 5)] if layout else z_slabs(shape, 5)
@@ -373,13 +375,13 @@ def test_gz_writer_closed_by_a_stopped_run_stays_resumable(tmp_path, boxes_of):
     clean = write(tmp_path / "clean.nii.gz", vol, boxes).read_bytes()
     (tmp_path / "run").mkdir()
     out = tmp_path / "run" / ".partial-o.nii.gz"
-    w = nifti.create_writer(out, vol.shape, vol.dtype, META)
+    w = nifti.create_writer(Destination(out, vol.shape, vol.dtype, META))
     for box in boxes[:2]:
         w.write(box, np.ascontiguousarray(vol[box]))
     w.flush()
     w.close()
     assert not w.complete and (out.parent / (out.name + ".gzindex")).exists()
-    w = nifti.create_writer(out, vol.shape, vol.dtype, META, resume=True)
+    w = nifti.create_writer(Destination(out, vol.shape, vol.dtype, META, resume=True))
     for box in boxes[2:]:
         w.write(box, np.ascontiguousarray(vol[box]))
     w.close()

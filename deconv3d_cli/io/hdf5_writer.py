@@ -28,7 +28,7 @@ from ..errors import InputError, RunError
 from ..geometry.layout import Layout
 from . import space
 from .atomic import fsync_path
-from .base import PartialUnusable, VolumeMeta, construct_writer
+from .base import Destination, PartialUnusable, VolumeMeta, construct_writer
 from .chunking import output_chunks
 from .spacing import SPACING_ATTRS, spacing_value
 
@@ -98,28 +98,25 @@ class Hdf5Writer:
 
     def __init__(
         self,
-        path: Path,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        meta: VolumeMeta,
-        resume: bool = False,
+        dest: Destination,
+        *,
         dataset: str | None = None,
         compression_level: int = 1,
         chunks: Any = None,
         layout: Layout | str | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype)
+        self.path = Path(dest.path)
+        self.shape = tuple(int(n) for n in dest.shape)
+        self.dtype = np.dtype(dest.dtype)
         self.dataset = (dataset or DEFAULT_DATASET).strip("/") or DEFAULT_DATASET
         self._file: h5py.File | None = None
-        if resume:
-            self._file, self._ds = self._reopen(str(path))
+        if dest.resume:
+            self._file, self._ds = self._reopen(str(dest.path))
         else:
             level = int(compression_level)
             if not 0 <= level <= 9:
                 raise InputError(f"{compression_level!r}: use 0 (none) to 9", param="compression_level")
-            self._create(meta, level, output_chunks(self.shape, self.dtype, layout, {"chunks": chunks}))
+            self._create(dest.meta, level, output_chunks(self.shape, self.dtype, layout, {"chunks": chunks}))
         self.chunks = tuple(self._ds.chunks) if self._ds.chunks else None
 
     def _create(self, meta: VolumeMeta, level: int, chunk_shape: tuple[int, ...]) -> None:
@@ -267,8 +264,6 @@ def output_size(
     return count * int(np.prod(chunks, dtype=np.int64)) * np.dtype(dtype).itemsize, False
 
 
-def create_writer(
-    path: Path, shape: tuple[int, ...], dtype: np.dtype, meta: VolumeMeta, resume: bool = False, **options: Any
-) -> Hdf5Writer:
+def create_writer(dest: Destination, **options: Any) -> Hdf5Writer:
     """Options: dataset, compression_level, chunks, layout (places channel and batch axes in the chunks)."""
-    return construct_writer(Hdf5Writer, path, shape, dtype, meta, resume, options)
+    return construct_writer(Hdf5Writer, dest, options)

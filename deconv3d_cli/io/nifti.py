@@ -50,7 +50,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, RunError
-from .base import VolumeMeta
+from .base import Destination, VolumeMeta
 from .gzip_members import MAGIC
 from .gzip_read import BLOCK, GzipSource
 from .nifti_header import (
@@ -219,15 +219,7 @@ def open_reader(
     return NiftiReader(path, fourth_axis=fourth_axis, in_channels=in_channels)
 
 
-def create_writer(
-    path: Path,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    meta: VolumeMeta,
-    resume: bool = False,
-    dataset: str | None = None,
-    **options: Any,
-) -> NiftiWriter | NiftiGzWriter:
+def create_writer(dest: Destination, **options: Any) -> NiftiWriter | NiftiGzWriter:
     """A `.nii` or `.nii.gz` writer (by the name's suffix).
 
     options: `compression_level` (gzip level 0-9 for .nii.gz, default 1 as nibabel); `layout` (a Layout)
@@ -235,28 +227,22 @@ def create_writer(
     `scaling` ``(scl_slope, scl_inter)`` for an integer output holding scaled values (see fit_scaling);
     `threads` (compression threads, default the usable CPUs; the bytes do not depend on it).
     """
-    if dataset:
+    if options.pop("dataset", None):
         raise InputError(
-            "--output-dataset applies to HDF5 outputs, not NIfTI", source=str(path), param="output_dataset"
+            "--output-dataset applies to HDF5 outputs, not NIfTI", source=str(dest.path), param="output_dataset"
         )
     data_format = str(
         getattr(options.get("layout"), "data_format", None) or options.get("data_format") or "channels_last"
     )
     scale = options.get("scaling")
     scale = None if scale is None else (float(scale[0]), float(scale[1]))
-    if Path(path).name.lower().endswith(".gz"):
+    if Path(dest.path).name.lower().endswith(".gz"):
         level = options.get("compression_level")
         return NiftiGzWriter(
-            path,
-            shape,
-            dtype,
-            meta,
-            resume=resume,
+            dest,
+            compression_level=1 if level is None else level,
             data_format=data_format,
             scaling=scale,
-            compression_level=1 if level is None else level,
             threads=options.get("threads"),
         )
-    return NiftiWriter(
-        path, shape, dtype, meta, resume=resume, data_format=data_format, scaling=scale, threads=options.get("threads")
-    )
+    return NiftiWriter(dest, data_format=data_format, scaling=scale, threads=options.get("threads"))

@@ -39,7 +39,7 @@ import numpy as np
 
 from ..errors import InputError, RunError
 from . import direct, space
-from .base import VolumeMeta
+from .base import Destination
 from .gzip_pending import usable_cpus
 from .gzip_stream import GzipStreamWriter
 from .nifti_header import output_header, read_header
@@ -166,26 +166,18 @@ class _NiftiOutput:
 
     chunks = None
 
-    def __init__(
-        self,
-        path: Path,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        meta: VolumeMeta,
-        data_format: str,
-        scaling: tuple[float, float] | None,
-    ) -> None:
-        self.path = Path(path)
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype)
+    def __init__(self, dest: Destination, data_format: str, scaling: tuple[float, float] | None) -> None:
+        self.path = Path(dest.path)
+        self.shape = tuple(int(n) for n in dest.shape)
+        self.dtype = np.dtype(dest.dtype)
         if self.dtype.kind not in "fiu":
-            raise InputError(f"cannot write {self.dtype} as NIfTI", source=str(path), param="output_dtype")
+            raise InputError(f"cannot write {self.dtype} as NIfTI", source=str(dest.path), param="output_dtype")
         axes, file_shape = writer_axes(self.shape, data_format)
         self.axis_map = AxisMap(axes, file_shape)
         self.file_shape = tuple(int(n) for n in file_shape)
         self.file_axes = self.axis_map.file_axes
         self.disk_dtype = self.dtype.newbyteorder("<")
-        self.header = output_header(self.file_shape, self.dtype, meta, scaling=scaling)
+        self.header = output_header(self.file_shape, self.dtype, dest.meta, scaling=scaling)
         self.header_bytes = header_bytes(self.header)
         self.offset = len(self.header_bytes)
         self.order = FileOrder(self.file_shape, self.dtype.itemsize, self.offset)
@@ -261,21 +253,18 @@ class NiftiWriter(_NiftiOutput):
 
     def __init__(
         self,
-        path: Path,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        meta: VolumeMeta,
-        resume: bool = False,
+        dest: Destination,
+        *,
         data_format: str = "channels_last",
         scaling: tuple[float, float] | None = None,
         threads: int | None = None,
     ) -> None:
-        super().__init__(path, shape, dtype, meta, data_format, scaling)
+        super().__init__(dest, data_format, scaling)
         # threads that put tiles into file order (the copy is the slow part of writing, see nifti_layout)
         self._pool = ThreadPoolExecutor(max_workers=max(1, int(threads or usable_cpus())), thread_name_prefix="nii")
-        if resume:
+        if dest.resume:
             self._check_partial(self.path)
-        fd, reserved = _open_block(self.path, self.total, self.header_bytes, fresh=not resume)
+        fd, reserved = _open_block(self.path, self.total, self.header_bytes, fresh=not dest.resume)
         self._fd: int | None = fd
         self._file = BlockFile(self.path, self.order, fd, reserved, self.disk_dtype)
 
@@ -312,32 +301,29 @@ class NiftiGzWriter(_NiftiOutput):
 
     def __init__(
         self,
-        path: Path,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        meta: VolumeMeta,
-        resume: bool = False,
+        dest: Destination,
+        *,
+        compression_level: int = 1,
         data_format: str = "channels_last",
         scaling: tuple[float, float] | None = None,
-        compression_level: int = 1,
         threads: int | None = None,
     ) -> None:
-        super().__init__(path, shape, dtype, meta, data_format, scaling)
+        super().__init__(dest, data_format, scaling)
         key = {
             "file_shape": list(self.file_shape),
             "dtype": self.disk_dtype.str,
             "header": hashlib.sha256(self.header_bytes).hexdigest(),
         }
         self.stage_path = self.path.with_name(self.path.name + STAGE_SUFFIX)
-        if not resume:
+        if not dest.resume:
             self.stage_path.unlink(missing_ok=True)
-        self.stream = GzipStreamWriter(self.path, self._segments(), compression_level, threads, resume, key)
+        self.stream = GzipStreamWriter(self.path, self._segments(), compression_level, threads, dest.resume, key)
         self._stage: BlockFile | None = None
         self._stage_fd: int | None = None
         self._closed = False
         self._boxes: set[tuple[tuple[int, int], ...]] = set()  # staged mode: the boxes the stage holds
         try:
-            if resume and self.stage_path.exists():
+            if dest.resume and self.stage_path.exists():
                 self._open_stage(fresh=False)
                 self._boxes = {tuple(map(tuple, box)) for box in self.stream.extra.get("staged_boxes", [])}
             self.stream.write([(0, self.header_bytes)])  # on resume again: skipped where already compressed
