@@ -30,6 +30,7 @@ from . import space
 from .atomic import fsync_path
 from .base import Destination, PartialUnusable, VolumeMeta, construct_writer
 from .chunking import output_chunks
+from .hdf5_chunks import ChunkEncoder, worth_it
 from .spacing import SPACING_ATTRS, spacing_value
 
 DEFAULT_DATASET = "data"
@@ -118,6 +119,7 @@ class Hdf5Writer:
                 raise InputError(f"{compression_level!r}: use 0 (none) to 9", param="compression_level")
             self._create(dest.meta, level, output_chunks(self.shape, self.dtype, layout, {"chunks": chunks}))
         self.chunks = tuple(self._ds.chunks) if self._ds.chunks else None
+        self._encoder = ChunkEncoder.of(self._ds, len(os.sched_getaffinity(0)))  # deflate on threads
 
     def _create(self, meta: VolumeMeta, level: int, chunk_shape: tuple[int, ...]) -> None:
         try:
@@ -198,7 +200,10 @@ class Hdf5Writer:
         if self._file is None:
             raise RunError("the output was closed after a failed write", source=str(space.target_of(self.path)))
         try:
-            self._ds[index] = data
+            if self._encoder is not None and self._encoder.covers(index) and worth_it(data, index, self.shape):
+                self._encoder.write(self._ds, index, data)
+            else:
+                self._ds[index] = data
         except (OSError, RuntimeError) as exc:
             self.abort()
             raise self._fault(exc) from None
@@ -219,6 +224,7 @@ class Hdf5Writer:
         """
         if self._file is None:
             return
+        self._stop_encoder()
         self.flush()
         f, self._file = self._file, None
         try:
@@ -232,6 +238,12 @@ class Hdf5Writer:
         f, self._file = self._file, None
         abandon(f)  # first: dropping the dataset would flush its chunk cache to the failing disk
         self._ds = None
+        self._stop_encoder()
+
+    def _stop_encoder(self) -> None:
+        encoder, self._encoder = getattr(self, "_encoder", None), None
+        if encoder is not None:
+            encoder.close()
 
 
 def _check_chunk_index(ds: h5py.Dataset, file_size: int, src: str) -> None:
