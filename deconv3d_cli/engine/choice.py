@@ -60,7 +60,7 @@ def key(engine: Engine, shape: Sequence[int]) -> dict[str, Any]:
         "filters": s.filters,
         "in_channels": engine.in_channels,
         "channels_last_out": engine.channels_last_out,
-        "paths": list(engine.available_paths()),
+        "paths": eligible(engine),
         "precision": str(engine.dtype).replace("torch.", ""),
         "device": device.type,
         "hardware": hardware,
@@ -70,19 +70,34 @@ def key(engine: Engine, shape: Sequence[int]) -> dict[str, Any]:
     }
 
 
+def eligible(engine: Engine) -> list[str]:
+    """The formulations `auto` may choose: where oneDNN is available, only those that always run in it.
+
+    torch sends a convolution to oneDNN or to its generic im2col + GEMM code by the slab's shape, and
+    the generic GEMM splits its sums across threads: the same tile then differs in the last bit between
+    a process with two threads and a Dask worker with one (seen for 2 -> 3 channels, k 1x1x2). The
+    `*_dnn` formulations call oneDNN whatever the shape, and oneDNN's sums do not depend on the thread
+    count (tests/test_determinism.py), so one recorded choice gives the same bytes everywhere. Without
+    oneDNN (fp64, CUDA, builds without it) every formulation is eligible; on the CPU, bytes then match
+    only at the same thread count.
+    """
+    offered = list(engine.available_paths())
+    pinned = [p for p in offered if p in paths.DNN_PATHS or p == SEPARABLE]
+    return pinned if any(p in paths.DNN_PATHS for p in pinned) else offered
+
+
 def rule(engine: Engine, shape: Sequence[int]) -> str:
     """The formulation without measuring: a fixed function of the layer, device and data format.
 
     Disjoint output blocks (kernel <= stride on every axis) are one GEMM as phases; overlapping ones
-    go to the transposed convolution. oneDNN's own entry points where torch would not use oneDNN for
-    the slab; the channels_last variants when results are stored channels_last (no transposing copy).
+    go to the transposed convolution; oneDNN's own entry points where eligible; the channels_last
+    variants when results are stored channels_last (no transposing copy).
     """
     s = engine.spec
-    offered = engine.available_paths()
+    offered = eligible(engine)
     family = "phase" if all(k <= st for k, st in zip(s.kernel_size, s.strides)) else "transpose"
     cl = "_cl" if engine.channels_last_out else ""
-    dnn = "_dnn" if not _dnn_default(engine, shape) else ""
-    for name in (f"{family}{dnn}{cl}", f"{family}{cl}", family, "transpose"):
+    for name in (f"{family}_dnn{cl}", f"{family}{cl}", family, "transpose_dnn", "transpose"):
         if name in offered:
             return name
     return offered[0]
@@ -109,7 +124,7 @@ def measure(engine: Engine, x: torch.Tensor | Sequence[int]) -> tuple[str, dict[
         if x.shape[1] * d * h <= paths.ONEDNN_MIN_ROWS:
             d = min(int(x.shape[2]), paths.ONEDNN_MIN_ROWS // max(x.shape[1] * h, 1) + 1)
     proxy = x[:, :, :d, :h, :w].contiguous()
-    candidates = [p for p in engine.available_paths() if not (dnn_default and p in paths.DNN_PATHS)]
+    candidates = eligible(engine)
 
     def timed(name: str, sample: torch.Tensor):
         return lambda: engine.time_tile(sample, name)
