@@ -12,7 +12,8 @@ a layer is the median over rounds of tf / engine (above 1: the engine is faster)
 
 The grid is benchmarks/run.py's LAYERS. The held-out layers were fixed before any tuning against this
 bench and are not used while tuning: they check that what was tuned on the grid holds off it.
-`--env NAME=VALUE` sets a variable for the engine's processes only (thread-pool experiments).
+`--variant NAME:VAR=VALUE,VAR=VALUE` adds an engine side run with those environment variables (thread-pool
+experiments, e.g. `--variant passive:OMP_WAIT_POLICY=PASSIVE`), alternated with the others in every round.
 """
 
 from __future__ import annotations
@@ -55,11 +56,9 @@ def child(impl: str, layers, repeats: int, env: dict[str, str]) -> dict:
     return json.loads(sample.stdout.strip().splitlines()[-1])
 
 
-def run(layers, pairs: int, repeats: int, env: dict[str, str]) -> dict[str, dict[str, list]]:
-    sides = {
-        "engine": lambda: child("engine", layers, repeats, env),
-        "tf": lambda: child("tf", layers, repeats, {}),
-    }
+def run(layers, pairs: int, repeats: int, variants: dict[str, dict[str, str]]) -> dict[str, list[dict]]:
+    sides = {name: (lambda env=env: child("engine", layers, repeats, env)) for name, env in variants.items()}
+    sides["tf"] = lambda: child("tf", layers, repeats, {})
     rounds = alternate({k: (lambda f=f: _wrap(f)) for k, f in sides.items()}, pairs)
     return {side: [r.extra for r in samples] for side, samples in rounds.items()}
 
@@ -70,12 +69,12 @@ def _wrap(fn):
     return Sample(0.0, 0.0, 0, extra=fn())
 
 
-def table(layers, rounds: dict[str, list[dict]]) -> tuple[list[str], list[float]]:
-    lines = [f"{'layer':<28}{'engine ms':>11}{'tf ms':>10}{'tf/engine':>11}  per round"]
+def table(layers, rounds: dict[str, list[dict]], side: str) -> tuple[list[str], list[float]]:
+    lines = [f"{'layer':<28}{side + ' ms':>14}{'tf ms':>10}{'tf/' + side:>16}  per round"]
     ratios = []
     for c in layers:
         key = layer_name(c)
-        ours = [r[key] for r in rounds["engine"]]
+        ours = [r[key] for r in rounds[side]]
         peer = [r[key] for r in rounds["tf"]]
         if not all(isinstance(v, (int, float)) for v in ours + peer):
             lines.append(f"{key:<28} error: {[v for v in ours + peer if isinstance(v, str)][:1]}")
@@ -84,7 +83,7 @@ def table(layers, rounds: dict[str, list[dict]]) -> tuple[list[str], list[float]
         ratio = statistics.median(each)
         ratios.append(ratio)
         lines.append(
-            f"{key:<28}{statistics.median(ours):11.1f}{statistics.median(peer):10.1f}{ratio:10.2f}x  "
+            f"{key:<28}{statistics.median(ours):14.1f}{statistics.median(peer):10.1f}{ratio:15.2f}x  "
             + " ".join(f"{r:.2f}" for r in each)
         )
     return lines, ratios
@@ -96,27 +95,33 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--load", action="store_true", help="one busy process pinned to one CPU throughout")
-    ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for the engine's processes")
+    ap.add_argument("--variant", action="append", default=[], help="NAME:VAR=VALUE,... another engine side")
     ap.add_argument("--only", help="comma-separated indices into the set (experiments)")
     args = ap.parse_args()
-    env = dict(e.split("=", 1) for e in args.env)
+    variants: dict[str, dict[str, str]] = {"engine": {}}
+    for v in args.variant:
+        name, _, assigns = v.partition(":")
+        variants[name] = dict(a.split("=", 1) for a in assigns.split(",") if a)
     names = list(SETS) if args.set == "all" else [args.set]
-    doc: dict = {"machine": machine_line(), "load": args.load, "env": env, "sets": {}}
+    doc: dict = {"machine": machine_line(), "load": args.load, "variants": variants, "sets": {}}
     print(doc["machine"])
     with Load(1 if args.load else 0) as load:
-        print(load.describe() + (f"; engine env {env}" if env else ""))
+        print(load.describe() + (f"; engine variants {variants}" if len(variants) > 1 else ""))
         for name in names:
             layers = SETS[name]
             if args.only:
                 layers = [layers[int(i)] for i in args.only.split(",")]
-            rounds = run(layers, args.pairs, args.repeats, env)
-            lines, ratios = table(layers, rounds)
-            print(f"\n## {name}: median of {args.pairs} alternated pairs, ms per call (median of {args.repeats})")
-            print("\n".join(lines))
-            if ratios:
-                print(f"range {min(ratios):.2f}-{max(ratios):.2f}x, geometric mean "
-                      f"{statistics.geometric_mean(ratios):.2f}x")
-            doc["sets"][name] = {"layers": layers, "rounds": rounds, "table": lines}
+            rounds = run(layers, args.pairs, args.repeats, variants)
+            print(f"\n## {name}: median of {args.pairs} alternated rounds, ms per call (median of {args.repeats})")
+            tables = {}
+            for side in variants:
+                lines, ratios = table(layers, rounds, side)
+                if ratios:
+                    lines.append(f"range {min(ratios):.2f}-{max(ratios):.2f}x, geometric mean "
+                                 f"{statistics.geometric_mean(ratios):.2f}x")
+                print("\n".join(lines) + "\n")
+                tables[side] = lines
+            doc["sets"][name] = {"layers": layers, "rounds": rounds, "tables": tables}
     RESULTS.mkdir(exist_ok=True)
     tag = "load" if args.load else "quiet"
     (RESULTS / f"versus_tf_{tag}.json").write_text(json.dumps(doc, indent=1))

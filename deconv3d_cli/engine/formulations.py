@@ -176,12 +176,14 @@ def phase_window(
     cl_out: bool,
     fill: Callable[[tuple[int, ...]], torch.Tensor],
     dnn: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Full output positions [offset, offset + size) per axis, shuffled and cropped in one pass.
 
     Output position o is full position o + offset = q*s + r: phase r's rows land at o = q*s + r - offset,
     a strided slice of the tile, so each phase is one strided copy and no full-size intermediate exists.
-    Positions no phase row reaches (outside the conv's span) keep `fill`'s values (the bias).
+    Positions no phase row reaches (outside the conv's span) keep `fill`'s values (the bias). `out`, when
+    given, is the tile to fill (a piece of a larger one); otherwise a new one is made.
     """
     s = list(stride)
     n = x.shape[0]
@@ -193,7 +195,10 @@ def phase_window(
     ]
     shape = (n, filters, *sizes)
     inside = all(o >= 0 and o + m <= qf * ss for o, m, qf, ss in zip(offsets, sizes, q_full, s))
-    if inside:
+    if out is not None:
+        if not inside:
+            out.copy_(fill(shape))
+    elif inside:
         fmt = torch.channels_last_3d if cl_out else torch.contiguous_format
         out = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=fmt)
     else:
