@@ -30,7 +30,7 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
-	$(BIN)/ruff check deconv3d_cli tests benchmarks
+	$(MAKE) --no-print-directory lint
 
 # Peers (tensorflow-cpu, tf-keras, SimpleITK, scipy, psutil) come from the `bench` extra, installed here only;
 # mrgrid rows need MRtrix3 (Debian: apt install mrtrix3) and are skipped without it. Every side-by-side
@@ -46,8 +46,10 @@ bench: install
 	$(BIN)/python benchmarks/stream_bench.py
 	$(BIN)/python benchmarks/batch_bench.py
 
+# ruff over everything; mypy over run/, io/, geometry/ and engine/ (pyproject's [tool.mypy]).
 lint: install
 	$(BIN)/ruff check deconv3d_cli tests benchmarks
+	$(BIN)/mypy
 
 golden:
 	$(PYTHON) -m venv .venv-golden

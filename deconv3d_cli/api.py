@@ -271,6 +271,9 @@ def upsample(
     return np.ascontiguousarray(layout.from_ncdhw(to_numpy(y), spec.filters))
 
 
+RESAMPLE_ARGS = ("voxel_size", "scale", "shape", "like", "interp", "boundary", "data_format")
+
+
 def resample(
     x: Any,
     *,
@@ -299,15 +302,8 @@ def resample(
     from .engine.resample import Resampler
     from .layer.resample import ResampleSpec
 
-    spec = ResampleSpec.create(
-        voxel_size=voxel_size,
-        scale=scale,
-        shape=shape,
-        like=like,
-        interp=interp,
-        boundary=boundary,
-        data_format=data_format,
-    )
+    request = {k: v for k, v in locals().items() if k in RESAMPLE_ARGS}  # the resampling's own arguments
+    spec = ResampleSpec.create(**request)
     if spacing is not None and affine is not None:
         raise SpecError("give spacing or affine, not both", param="spacing")
     torch_in = _is_torch(x)

@@ -17,8 +17,8 @@ from helpers import options as Options
 
 from deconv3d_cli import InputError, LayerSpec
 from deconv3d_cli.geometry.tiling import PIPELINE_MIN_BYTES, PIPELINE_TILES, make_plan
-from deconv3d_cli.io import direct, writes_slabs
-from deconv3d_cli.io.base import VolumeMeta
+from deconv3d_cli.io import direct
+from deconv3d_cli.io.base import Destination, VolumeMeta
 from deconv3d_cli.io.npy import NpyWriter, aligned_header
 from deconv3d_cli.run.job import prepare
 from deconv3d_cli.run.local import Pool as _Pool
@@ -86,7 +86,7 @@ def spy(monkeypatch: pytest.MonkeyPatch) -> PwriteSpy:
 def write_boxes(
     path: Path, ref: np.ndarray, boxes: list[tuple[slice, ...]], convert=None, close: bool = True
 ) -> NpyWriter:
-    w = NpyWriter(path, ref.shape, ref.dtype, VolumeMeta())
+    w = NpyWriter(Destination(path, ref.shape, ref.dtype, VolumeMeta()))
     for box in boxes:
         data = np.ascontiguousarray(ref[box])
         w.write(box, convert(data) if convert else data)
@@ -158,7 +158,7 @@ def test_aligned_header_is_a_page_and_numpy_reads_it(tmp_path, shape, dtype):
         del back
 
     # NpyWriter makes the same header and puts the data right after it.
-    w = NpyWriter(tmp_path / "w.npy", shape, dtype, VolumeMeta())
+    w = NpyWriter(Destination(tmp_path / "w.npy", shape, dtype, VolumeMeta()))
     assert w.offset == len(header)
     if ref.size:
         w.write(tuple([ALL] * len(shape)), ref)
@@ -188,7 +188,7 @@ def test_runs_offsets_by_hand(tmp_path):
     # (D, H, W, C) float32: a plane is 64 * 512 * 2 * 4 = 256 KiB = MIN_RUN exactly.
     plane = 64 * 512 * 2 * 4
     assert plane == direct.MIN_RUN
-    w = NpyWriter(tmp_path / "last.npy", (5, 64, 512, 2), np.float32, VolumeMeta())
+    w = NpyWriter(Destination(tmp_path / "last.npy", (5, 64, 512, 2), np.float32, VolumeMeta()))
     o = w.offset
     assert o == ALIGN
     assert w.runs((ALL, ALL, ALL, ALL)) == ([o], 5 * plane)
@@ -207,7 +207,7 @@ def test_runs_offsets_by_hand(tmp_path):
 
     # (C, D, H, W) float32: a plane is 128 * 520 * 4 = 266240 bytes (65 pages); one run per channel.
     plane = 128 * 520 * 4
-    w = NpyWriter(tmp_path / "first.npy", (3, 6, 128, 520), np.float32, VolumeMeta())
+    w = NpyWriter(Destination(tmp_path / "first.npy", (3, 6, 128, 520), np.float32, VolumeMeta()))
     o, vol = w.offset, 6 * plane
     assert w.runs((ALL, slice(2, 4), ALL, ALL)) == (
         [o + 2 * plane, o + vol + 2 * plane, o + 2 * vol + 2 * plane],
@@ -220,7 +220,7 @@ def test_runs_offsets_by_hand(tmp_path):
 
     # (N, D, H, W, C) int16 with an unaligned plane: 100 * 700 * 3 * 2 = 420000 bytes.
     plane = 100 * 700 * 3 * 2
-    w = NpyWriter(tmp_path / "batch.npy", (2, 4, 100, 700, 3), np.int16, VolumeMeta())
+    w = NpyWriter(Destination(tmp_path / "batch.npy", (2, 4, 100, 700, 3), np.int16, VolumeMeta()))
     o = w.offset
     assert w.runs((slice(1, 2), slice(0, 2), ALL, ALL, ALL)) == ([o + 4 * plane], 2 * plane)
     assert w.runs((ALL, slice(1, 2), ALL, ALL, ALL)) == ([o + plane, o + 5 * plane], plane)
@@ -253,7 +253,7 @@ def test_channels_first_slabs_several_runs_per_tile(tmp_path, spy):
     ref = rng.standard_normal((3, 8, 100, 700)).astype(np.float32)  # 280000-byte planes: unaligned
     path = tmp_path / "o.npy"
     boxes = depth_slabs(8, [2, 5, 6], 4, axis=1)  # slabs of 2, 3, 1 and 2 planes
-    w = NpyWriter(path, ref.shape, ref.dtype, VolumeMeta())
+    w = NpyWriter(Destination(path, ref.shape, ref.dtype, VolumeMeta()))
     for box in boxes:
         assert len(w.runs(box)[0]) == 3  # one run per channel
         w.write(box, np.ascontiguousarray(ref[box]))
@@ -325,7 +325,7 @@ def test_without_maps_every_box_goes_out_with_pwrite_exactly(tmp_path, spy, monk
         boxes = [(slice(d, d + 7), slice(h, h + 11), slice(w, w + 13)) for d, h, w in ((0, 0, 0), (7, 11, 13))]
         boxes += [(slice(0, 20), slice(0, 30), slice(0, 40))]
     path = tmp_path / "o.npy"
-    w = NpyWriter(path, ref.shape, ref.dtype, VolumeMeta())
+    w = NpyWriter(Destination(path, ref.shape, ref.dtype, VolumeMeta()))
     assert not w.mapped
     for box in boxes:
         data = np.ascontiguousarray(ref[box])
@@ -349,7 +349,7 @@ def test_non_contiguous_or_other_dtype_data(tmp_path, spy, convert):
     ref = rng.standard_normal((6, 64, 300, 4)).astype(np.float32)  # 300 KiB planes: runs() is not None
     path = tmp_path / "o.npy"
     boxes = depth_slabs(6, [2, 5], 4)
-    w = NpyWriter(path, ref.shape, ref.dtype, VolumeMeta())
+    w = NpyWriter(Destination(path, ref.shape, ref.dtype, VolumeMeta()))
     for box in boxes:
         data = convert(np.ascontiguousarray(ref[box]))
         assert w.runs(box) is not None
@@ -366,7 +366,7 @@ def test_zero_copy_and_bounce_placement(tmp_path, spy):
     rng = np.random.default_rng(6)
     ref = rng.standard_normal((6, 129, 515)).astype(np.float32)  # unaligned planes: phases vary
     path = tmp_path / "o.npy"
-    w = NpyWriter(path, ref.shape, ref.dtype, VolumeMeta())
+    w = NpyWriter(Destination(path, ref.shape, ref.dtype, VolumeMeta()))
     keep = []
 
     # The second slab at its phase: the direct writes read the caller's pages.
@@ -458,7 +458,7 @@ def test_direct_write_refused_falls_back_to_buffered(tmp_path, spy, fail_at):
     rng = np.random.default_rng(9)
     ref = rng.standard_normal((4, 1031, 1030)).astype(np.float32)  # ~4 MiB planes, unaligned
     path = tmp_path / "o.npy"
-    w = NpyWriter(path, ref.shape, ref.dtype, VolumeMeta())
+    w = NpyWriter(Destination(path, ref.shape, ref.dtype, VolumeMeta()))
     direct_fd = w._runs.direct_fd
     assert direct_fd is not None
     seen = []
@@ -535,7 +535,7 @@ def test_flush_fsyncs_only_after_writes(tmp_path, monkeypatch):
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
     ref = np.arange(4 * 256 * 256, dtype=np.float32).reshape(4, 256, 256)
-    w = NpyWriter(tmp_path / "o.npy", ref.shape, ref.dtype, VolumeMeta())
+    w = NpyWriter(Destination(tmp_path / "o.npy", ref.shape, ref.dtype, VolumeMeta()))
     w.flush()
     assert synced == []
     w.write((slice(0, 2), ALL, ALL), ref[:2])
@@ -555,7 +555,7 @@ def test_flush_during_a_write_does_not_lose_its_fsync(tmp_path, spy, monkeypatch
     synced = []
     real = os.fsync
     monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
-    w = NpyWriter(tmp_path / "o.npy", (4, 256, 256), np.float32, VolumeMeta())
+    w = NpyWriter(Destination(tmp_path / "o.npy", (4, 256, 256), np.float32, VolumeMeta()))
     checkpoints = []
 
     def checkpoint_mid_write(fd: int) -> bool:
@@ -633,12 +633,6 @@ def cubic_reference(p, memory_limit: int) -> tuple[int, ...]:
         half = -(-shape[pick] // 2)
         shape[pick] = max(units[pick], -(-half // units[pick]) * units[pick])
     return tuple(shape)
-
-
-def test_writes_slabs_only_for_npy():
-    assert writes_slabs("npy") is True
-    assert writes_slabs("hdf5") is False
-    assert writes_slabs("nifti") is False
 
 
 @pytest.mark.parametrize(

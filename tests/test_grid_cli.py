@@ -142,3 +142,52 @@ def test_cli_spells_out_every_interpolator():
     from deconv3d_cli.layer.interpolators import INTERPOLATORS as DEFINED
 
     assert list(INTERPOLATORS) == list(DEFINED)
+
+
+def test_a_series_a_preview_and_a_stopped_run_resampled(tmp_path):
+    """A 4-D NIfTI series, --preview of a resampled output, and SIGTERM then --resume (same bytes)."""
+    import signal
+    import time
+
+    rng = np.random.default_rng(2)
+    series = rng.standard_normal((20, 18, 10, 3)).astype(np.float32)
+    nib.save(nib.Nifti1Image(series, AFFINE), str(tmp_path / "series.nii"))
+    res = run("upsample", tmp_path / "series.nii", "-o", tmp_path / "s.nii", "--scale", "1.5", "--fourth-axis",
+              "series", "--preview", tmp_path / "s.png", "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = np.asarray(nib.load(str(tmp_path / "s.nii")).dataobj)
+    assert out.shape == (30, 27, 15, 3) and (tmp_path / "s.png").stat().st_size > 0
+    for t in range(3):
+        assert out[..., t].tobytes() == resample(series[..., t], scale=1.5, affine=AFFINE).tobytes()
+    big = rng.standard_normal((60, 60, 40)).astype(np.float32)
+    np.save(tmp_path / "big.npy", big)
+    args = [*CLI, "upsample", str(tmp_path / "big.npy"), "-o", str(tmp_path / "b.npy"), "--scale", "2.5", "--interp",
+            "bspline", "--tile", "10,10,10", "--checkpoint-every", "0"]  # fmt: skip
+    proc = subprocess.Popen(args, stderr=subprocess.PIPE, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    journal = tmp_path / ".partial-b.npy.journal"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.exists() and journal.read_bytes().count(b"\n") > 5:
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 143
+    res = subprocess.run([*args, "--resume"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert np.load(tmp_path / "b.npy").tobytes() == resample(big, scale=2.5, interp="bspline").tobytes()
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dask")
+def test_a_resampling_on_a_local_cluster_equals_the_local_run(tmp_path):
+    pytest.importorskip("distributed")
+    zarr = pytest.importorskip("zarr", minversion="3")
+    x = np.random.default_rng(3).standard_normal((40, 36, 30)).astype(np.float32)
+    np.save(tmp_path / "in.npy", x)
+    res = run("upsample", tmp_path / "in.npy", "-o", tmp_path / "o.zarr", "--voxel-size", "0.4", "--interp", "cubic",
+              "--memory-limit", "8MiB", "--scheduler", "local:2", "--json")  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["tasks"] > 1
+    got = zarr.open_group(str(tmp_path / "o.zarr"), mode="r")["0"][:]
+    assert got.tobytes() == resample(x, voxel_size=0.4, interp="cubic").tobytes()

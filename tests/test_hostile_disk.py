@@ -25,7 +25,7 @@ import pytest
 from hostile_files import cli, one_error_line, strays
 
 from deconv3d_cli import RunError
-from deconv3d_cli.io import PartialUnusable, VolumeMeta, check_space, create_writer, output_size, space
+from deconv3d_cli.io import Destination, PartialUnusable, VolumeMeta, check_space, create_writer, output_size, space
 from deconv3d_cli.io.npy import NpyWriter
 
 TARGET_BYTES = b"the user's previous output\n"
@@ -100,11 +100,11 @@ def test_full_disk_through_a_writer_that_cannot_reserve(disk, tmp_path):
     script = f"""
 import numpy as np
 from pathlib import Path
-from deconv3d_cli.io import space, VolumeMeta
+from deconv3d_cli.io import space, Destination, VolumeMeta
 from deconv3d_cli.io.npy import NpyWriter
 from deconv3d_cli import RunError
 space.reserve = lambda fd, n, path: False
-w = NpyWriter(Path({str(disk / '.partial-o.npy')!r}), (128, 128, 160), np.float32, VolumeMeta())
+w = NpyWriter(Destination(Path({str(disk / '.partial-o.npy')!r}), (128, 128, 160), np.float32, VolumeMeta()))
 assert not w.mapped
 try:
     for d in range(0, 128, 8):
@@ -123,7 +123,7 @@ def test_a_filesystem_that_cannot_reserve_turns_maps_off(tmp_path, monkeypatch):
         raise OSError(95, "Operation not supported")
 
     monkeypatch.setattr(space, "_allocate", unsupported)
-    w = NpyWriter(tmp_path / "o.npy", (8, 8, 8), np.dtype("float32"), VolumeMeta())
+    w = NpyWriter(Destination(tmp_path / "o.npy", (8, 8, 8), np.dtype("float32"), VolumeMeta()))
     assert not w.mapped
     w.write((slice(0, 8),) * 3, np.ones((8, 8, 8), np.float32))
     w.close()
@@ -180,7 +180,7 @@ def test_check_space_names_the_target_of_a_partial_and_counts_a_resumed_partial(
 
 def test_output_size_is_exact_where_it_can_be(tmp_path):
     nbytes, compressed = output_size(tmp_path / "o.npy", "npy", (10, 20, 30), "float32", None, {})
-    w = NpyWriter(tmp_path / "o.npy", (10, 20, 30), np.dtype("float32"), VolumeMeta())
+    w = NpyWriter(Destination(tmp_path / "o.npy", (10, 20, 30), np.dtype("float32"), VolumeMeta()))
     w.close()
     assert (nbytes, compressed) == ((tmp_path / "o.npy").stat().st_size, False)
     # uncompressed HDF5 stores whole chunks: 2 x 2 x 2 chunks of 64^3 for a 100^3 output

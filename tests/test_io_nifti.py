@@ -23,7 +23,8 @@ from deconv3d_cli.cli import main
 from deconv3d_cli.errors import InputError
 from deconv3d_cli.geometry.layout import Layout
 from deconv3d_cli.io import nifti
-from deconv3d_cli.io.base import VolumeMeta
+from deconv3d_cli.io.base import Destination, VolumeMeta
+from deconv3d_cli.io.nifti_header import INTENT_VECTOR, read_header
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
@@ -163,22 +164,25 @@ def test_big_endian_without_scaling_reports_the_stored_type_in_native_order(tmp_
     np.testing.assert_array_equal(got, raw)
 
 
-def test_gz_is_staged_once_on_first_read_and_equals_get_fdata(tmp_path):
+def test_gz_is_streamed_in_file_order_and_staged_once_out_of_order(tmp_path):
     rng = np.random.default_rng(3)
     raw = rng.integers(-500, 500, size=(11, 8, 6, 3)).astype(np.int16)
     path = write_nifti(tmp_path / "s.nii.gz", raw, slope=0.5, inter=10.0)
     reader = nifti.open_reader(path)
-    assert reader.compressed and reader._staged is None  # opening reads the header only
+    assert reader.compressed and not reader.staged  # opening reads the header only
     assert reader.shape == (3, 11, 8, 6, 1) and reader.fourth_axis == "series"
     ref = np.moveaxis(nib.load(path).get_fdata(), 3, 0)[..., None]
-    np.testing.assert_allclose(read_all(reader), ref, rtol=1e-6)
-    staged = reader._staged
-    assert staged is not None
-    box = (slice(1, 3), slice(2, 9), slice(0, 8), slice(4, 6), slice(None))
+    # slabs along z of each volume, in file order: streamed, nothing written anywhere
+    for t in range(3):
+        for z0 in range(0, 6, 2):
+            box = (slice(t, t + 1), slice(None), slice(None), slice(max(0, z0 - 1), z0 + 2), slice(None))
+            np.testing.assert_allclose(reader.read(box), ref[box], rtol=1e-6)
+    assert not reader.staged
+    box = (slice(1, 3), slice(2, 9), slice(0, 8), slice(4, 6), slice(None))  # behind the stream
     np.testing.assert_allclose(reader.read(box), ref[box], rtol=1e-6)
-    assert reader._staged is staged  # not decompressed again
+    assert reader.staged
+    np.testing.assert_allclose(read_all(reader), ref, rtol=1e-6)
     reader.close()
-    assert staged.closed
 
 
 def test_fourth_axis_choice_auto_and_forced(tmp_path):
@@ -231,7 +235,7 @@ def test_bad_files_are_input_errors(tmp_path):
 
 
 def _write_all(path: Path, data: np.ndarray, meta: VolumeMeta, **options) -> None:
-    writer = nifti.create_writer(path, data.shape, data.dtype, meta, **options)
+    writer = nifti.create_writer(Destination(path, data.shape, data.dtype, meta), **options)
     # two boxes, as the pipeline would send them
     half = data.shape[-3] // 2 if data.ndim == 5 else data.shape[0] // 2
     if data.ndim == 5:
@@ -255,7 +259,7 @@ def test_writer_round_trip_keeps_flavour_geometry_and_codes(tmp_path, version, s
     data = np.random.default_rng(0).normal(size=(6, 5, 4)).astype(np.float32)
     out = tmp_path / f"out{suffix}"
     _write_all(out, data, meta)
-    assert not (tmp_path / f"out{suffix}{nifti.STAGING_SUFFIX}").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.nii", f"out{suffix}"]  # no sidecar left
     img = nib.load(out)
     hdr = img.header
     assert type(hdr) is (nib.Nifti2Header if version == 2 else nib.Nifti1Header)
@@ -266,7 +270,7 @@ def test_writer_round_trip_keeps_flavour_geometry_and_codes(tmp_path, version, s
     np.testing.assert_allclose(hdr.get_qform(), small_oblique(), atol=1e-5)
     assert hdr.get_zooms() == pytest.approx((1.0, 1.2, 1.1), rel=1e-5)
     assert hdr.get_xyzt_units() == ("mm", "sec") and hdr["descrip"].item() == b"test volume"
-    raw = nifti._read_header(out, compressed=suffix == ".nii.gz")  # nibabel's image header hides scl_*
+    raw = read_header(out, compressed=suffix == ".nii.gz")  # nibabel's image header hides scl_*
     assert float(raw["scl_slope"]) == 1.0 and float(raw["scl_inter"]) == 0.0
     if suffix == ".nii.gz":
         with open(out, "rb") as f:
@@ -278,7 +282,9 @@ def test_writer_layouts_channels_series_and_vectors(tmp_path):
     rng = np.random.default_rng(1)
     chans = rng.normal(size=(6, 5, 4, 3)).astype(np.float32)
     _write_all(tmp_path / "c.nii", chans, meta)
-    np.testing.assert_array_equal(nib.load(tmp_path / "c.nii").get_fdata(dtype=np.float32), chans)
+    img = nib.load(tmp_path / "c.nii")  # several channels: NIfTI's vector convention
+    assert img.shape == (6, 5, 4, 1, 3) and int(img.header["intent_code"]) == INTENT_VECTOR
+    np.testing.assert_array_equal(img.get_fdata(dtype=np.float32)[:, :, :, 0], chans)
     series = rng.normal(size=(3, 6, 5, 4, 1)).astype(np.float32)
     _write_all(tmp_path / "s.nii", series, meta)
     img = nib.load(tmp_path / "s.nii")
@@ -291,10 +297,10 @@ def test_writer_layouts_channels_series_and_vectors(tmp_path):
     np.testing.assert_array_equal(img.get_fdata(dtype=np.float32), np.moveaxis(series2, 0, 3))
     # channels_first boxes (an .npy input with data_format channels_first) land in the same NIfTI order
     _write_all(tmp_path / "cf.nii", np.ascontiguousarray(np.moveaxis(chans, 3, 0)), meta, data_format="channels_first")
-    np.testing.assert_array_equal(nib.load(tmp_path / "cf.nii").get_fdata(dtype=np.float32), chans)
+    np.testing.assert_array_equal(nib.load(tmp_path / "cf.nii").get_fdata(dtype=np.float32)[:, :, :, 0], chans)
     layout = Layout(4, "channels_first")  # as the pipeline passes it
     _write_all(tmp_path / "cf2.nii", np.ascontiguousarray(np.moveaxis(chans, 3, 0)), meta, layout=layout)
-    np.testing.assert_array_equal(nib.load(tmp_path / "cf2.nii").get_fdata(dtype=np.float32), chans)
+    np.testing.assert_array_equal(nib.load(tmp_path / "cf2.nii").get_fdata(dtype=np.float32)[:, :, :, 0], chans)
     # an input with vectors on the 5th axis keeps them there
     vec = write_nifti(tmp_path / "vec.nii", np.zeros((6, 5, 4, 1, 3), np.float32))
     _write_all(tmp_path / "v.nii", chans[..., :2], nifti.open_reader(vec).meta)
@@ -331,30 +337,35 @@ def test_nifti2_when_a_dimension_exceeds_nifti1(tmp_path):
 
 def test_writer_refuses_float16_and_a_dataset(tmp_path):
     with pytest.raises(InputError, match="float16"):
-        nifti.create_writer(tmp_path / "h.nii", (2, 2, 2), np.float16, VolumeMeta())
+        nifti.create_writer(Destination(tmp_path / "h.nii", (2, 2, 2), np.float16, VolumeMeta()))
     with pytest.raises(InputError, match="output-dataset"):
-        nifti.create_writer(tmp_path / "h.nii", (2, 2, 2), np.float32, VolumeMeta(), dataset="/x")
+        nifti.create_writer(Destination(tmp_path / "h.nii", (2, 2, 2), np.float32, VolumeMeta()), dataset="/x")
 
 
-def test_gz_writer_resumes_from_its_staging_file_and_abort_removes_it(tmp_path):
+def test_gz_writer_resumes_from_its_index_and_abort_removes_every_sidecar(tmp_path):
     data = np.random.default_rng(5).normal(size=(8, 6, 4)).astype(np.float32)
     out = tmp_path / ".partial-o.nii.gz"
-    staging = tmp_path / (out.name + nifti.STAGING_SUFFIX)
-    w = nifti.create_writer(out, data.shape, data.dtype, VolumeMeta())
-    assert out.exists() and staging.exists()  # the partial exists from the start, for --resume
-    w.write((slice(0, 4), slice(None), slice(None)), data[:4])
+    z = (slice(None), slice(None))
+    w = nifti.create_writer(Destination(out, data.shape, data.dtype, VolumeMeta()))
+    assert out.exists()  # the partial exists from the start, for --resume
+    w.write(z + (slice(0, 2),), data[..., :2])
     w.flush()
-    del w  # killed: never closed
-    w = nifti.create_writer(out, data.shape, data.dtype, VolumeMeta(), resume=True)
-    w.write((slice(4, 8), slice(None), slice(None)), data[4:])
+    w.write(z + (slice(2, 3),), data[..., 2:3])  # written after the last flush: lost by the kill
+    w.stream._shutdown()  # killed: never closed
+    del w
+    assert (tmp_path / (out.name + ".gzindex")).exists()
+    w = nifti.create_writer(Destination(out, data.shape, data.dtype, VolumeMeta(), resume=True))
+    w.write(z + (slice(2, 4),), data[..., 2:])
     w.close()
-    assert not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]
     np.testing.assert_array_equal(nib.load(out).get_fdata(dtype=np.float32), data)
     with pytest.raises(InputError, match="resume"):
-        nifti.create_writer(out, (9, 6, 4), data.dtype, VolumeMeta(), resume=True)
-    w = nifti.create_writer(out, data.shape, data.dtype, VolumeMeta())
+        nifti.create_writer(Destination(out, (9, 6, 4), data.dtype, VolumeMeta(), resume=True))
+    w = nifti.create_writer(Destination(out, data.shape, data.dtype, VolumeMeta()))
+    w.write(z + (slice(0, 2),), data[..., :2])
+    w.flush()
     w.abort()
-    assert not staging.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [out.name]  # the run core removes the partial
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -420,9 +431,9 @@ def test_cli_fourth_axis_channels_and_series(tmp_path):
     assert r.exit_code == 0, r.output
     assert "read as 2 channel(s)" in r.stderr
     img = nib.load(tmp_path / "c.nii")
-    assert img.shape == (12, 10, 8, 3)
+    assert img.shape == (12, 10, 8, 1, 3) and int(img.header["intent_code"]) == INTENT_VECTOR
     ref = conv3d_transpose(data, k2, strides=2, padding="same")
-    np.testing.assert_allclose(img.get_fdata(dtype=np.float32), ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(img.get_fdata(dtype=np.float32)[:, :, :, 0], ref, rtol=1e-6, atol=1e-6)
     r = run("upsample", src, "-o", tmp_path / "bad.nii", "--spec", spec2, "--fourth-axis", "series")
     assert r.exit_code == 2 and "channel" in r.stderr and not (tmp_path / "bad.nii").exists()
 
@@ -536,5 +547,6 @@ def test_cli_channels_first_npy_to_nifti(tmp_path):
     assert r.exit_code == 0, r.output
     ref = conv3d_transpose(x, kernel, strides=2, padding="valid", data_format="channels_first")
     img = nib.load(tmp_path / "y.nii")
-    assert img.shape == (12, 10, 8, 3)
-    np.testing.assert_allclose(img.get_fdata(dtype=np.float32), np.moveaxis(ref, 0, -1), rtol=1e-6, atol=1e-6)
+    assert img.shape == (12, 10, 8, 1, 3)
+    got = img.get_fdata(dtype=np.float32)[:, :, :, 0]
+    np.testing.assert_allclose(got, np.moveaxis(ref, 0, -1), rtol=1e-6, atol=1e-6)

@@ -6,6 +6,7 @@ this machine follows the same recorded decision (engine/tuning.py).
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import click
@@ -57,9 +58,10 @@ def tune_cmd(
                                           tile=tile), progress=False)  # fmt: skip
     suffix = formats.extension_for(output_format)
     decisions = []
+    scratch = tempfile.TemporaryDirectory(prefix="deconv3d-tune-")  # outputs are planned, never written
     for src in inputs:
         try:
-            job = prepare(layer, src, Path(f"/nonexistent-deconv3d-tune/{src.name}{suffix}"), opts)
+            job = prepare(layer, src, Path(scratch.name) / f"{src.name}{suffix}", opts)
         except Deconv3dError as exc:
             raise click.ClickException(error_line(exc)) from None
         try:

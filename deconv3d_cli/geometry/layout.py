@@ -19,6 +19,8 @@ CHANNELS_FIRST = "channels_first"
 
 @dataclass(frozen=True)
 class Layout:
+    """An array of `ndim` axes in a Keras data format: which axis is the batch, the channels, D, H, W."""
+
     ndim: int
     data_format: str = CHANNELS_LAST
 

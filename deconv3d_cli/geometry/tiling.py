@@ -106,6 +106,7 @@ class Plan:
     tile_shape: tuple[int, int, int]
     batch_step: int
     costs: Costs = Costs()
+    order: tuple[int, ...] = (0, 1, 2)  # spatial axes from slowest to fastest in the output file
 
     @property
     def out_shape(self) -> tuple[int, int, int]:
@@ -128,9 +129,14 @@ class Plan:
         return math.prod(self.grid)
 
     def tiles(self) -> Iterator[Tile]:
-        """Tiles in C order of the output (batch, then depth slowest), so files fill front to back."""
+        """Tiles in the file's order (batch first, then `order`: the slowest axis outermost), so files fill
+        front to back and a streaming writer (gzip) receives its bytes in order."""
         starts = [range(0, n, t) for n, t in zip(self.out_shape, self.tile_shape)]
-        for index, (b, *corner) in enumerate(product(range(0, self.batch, self.batch_step), *starts)):
+        ranked = [starts[a] for a in self.order]
+        for index, (b, *ordered) in enumerate(product(range(0, self.batch, self.batch_step), *ranked)):
+            corner = [0, 0, 0]
+            for a, start in zip(self.order, ordered):
+                corner[a] = start
             out, src, offsets = [], [], []
             for ax, a, t in zip(self.axes, corner, self.tile_shape):
                 stop = min(a + t, ax.out)
@@ -200,7 +206,10 @@ def make_plan(
     """
     axes = tuple(axes)
     out = [ax.out for ax in axes]
-    base = dict(axes=axes, batch=batch, channels=channels, filters=filters, kernel_size=tuple(kernel_size), costs=costs)
+    base = dict(
+        axes=axes, batch=batch, channels=channels, filters=filters, kernel_size=tuple(kernel_size), costs=costs,
+        order=tuple(order),
+    )  # fmt: skip
     if tile_shape is not None:
         shape = [min(int(t), n) for t, n in zip(tile_shape, out)]
         if any(t < 1 for t in shape):
@@ -264,6 +273,8 @@ def _auto_plan(
         ax = base["axes"][slow]
         thinnest = -(-4 * (ax.halo + 1) * ax.stride // units[slow]) * units[slow]
         shape[slow] = min(out[slow], max(_slab_depth(base, batch, out, units[slow], slow), thinnest))
+        if shape[slow] < out[slow]:
+            batch_step = 1  # a tile of several volumes is one run of the file only when it spans them whole
     plan = Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]
     while plan.tile_bytes(shape, batch_step) > memory_limit:
         if batch_step > 1:

@@ -25,7 +25,7 @@ import numpy as np
 from ..errors import InputError
 from ..geometry import axis as geometry
 from ..geometry.axis import Axis
-from .base import PartialUnusable, Reader, VolumeMeta, Writer, kind_of, require_regular
+from .base import Destination, PartialUnusable, Reader, VolumeMeta, Writer, kind_of, require_regular
 from .space import DiskFault, check_space, disk_error
 
 # Format modules are imported on first use, so a format's library (h5py, nibabel, zarr) costs nothing
@@ -112,7 +112,10 @@ def create_writer(
     resume: bool = False,
     **options: Any,
 ) -> Writer:
-    return _module(fmt).create_writer(path, shape, np.dtype(dtype), meta, resume=resume, **options)
+    """The writer of format `fmt` (a module name, see format_of) for the output these describe; `options`
+    are the pipeline's writer options, of which each format takes those it knows."""
+    dest = Destination(Path(path), tuple(shape), np.dtype(dtype), meta, resume)
+    return _module(fmt).create_writer(dest, **options)
 
 
 def output_chunks(
@@ -133,18 +136,12 @@ def output_size(
     and Zarr (which does not store chunks that hold only the fill value), are uncertain.
     """
     module = _module(fmt)
+    if fmt == "nifti":  # .nii or .nii.gz: the suffix decides
+        return module.output_size(tuple(int(n) for n in shape), np.dtype(dtype), layout, options, path=path)
     sizer = getattr(module, "output_size", None)
     if sizer is not None:
         return sizer(tuple(int(n) for n in shape), np.dtype(dtype), layout, options)
-    nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    if fmt == "nifti":
-        return (352 + nbytes, False) if not str(path).lower().endswith(".gz") else (0, True)
-    return nbytes, False
-
-
-def writes_slabs(fmt: str) -> bool:
-    """Whether the format writes whole-plane tiles as long contiguous runs (then plans prefer slabs)."""
-    return bool(getattr(_module(fmt), "WRITES_SLABS", False))
+    return int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize, False
 
 
 def output_meta(meta: VolumeMeta, axes: Sequence[Axis]) -> VolumeMeta:
@@ -167,6 +164,7 @@ def placed_meta(meta: VolumeMeta, affine: np.ndarray, spacing: Sequence[float] |
 
 
 __all__ = [
+    "Destination",
     "DiskFault",
     "PartialUnusable",
     "Reader",

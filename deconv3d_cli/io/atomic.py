@@ -135,6 +135,8 @@ def check_target(target: Path, *, directory: bool, overwrite: bool, resume: bool
             )
         if not overwrite:
             raise InputError("output exists; pass --overwrite to replace it", source=str(target))
+    if os.path.lexists(journal_path(target)) and not os.path.lexists(partial_path(target)):
+        _remove_stale_journal(target)
     kept = kept_tiles(target)
     if kept and not resume and not overwrite:
         raise InputError(
@@ -142,6 +144,22 @@ def check_target(target: Path, *, directory: bool, overwrite: bool, resume: bool
             "continue it, or --overwrite to start over",
             source=str(target),
         )
+
+
+def _remove_stale_journal(target: Path) -> None:
+    """A journal without its partial: the run committed and was stopped before removing it (or a partial
+    was removed by hand). Nothing of it is usable; unless a live process holds it, it goes."""
+    try:
+        fd = os.open(journal_path(target), os.O_RDWR)
+    except OSError:
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return  # another process is writing this output right now: its own check decides
+    finally:
+        os.close(fd)
+    journal_path(target).unlink(missing_ok=True)
 
 
 def kept_tiles(target: Path) -> int:

@@ -66,9 +66,23 @@ class VolumeMeta:
     affine_derived: bool = False
 
 
-def construct_writer(
-    cls: type, path: Path, shape: tuple[int, ...], dtype: Any, meta: VolumeMeta, resume: bool, options: dict
-) -> Any:
+@dataclass(frozen=True)
+class Destination:
+    """The output a writer makes: where, of what shape and type, with what geometry, fresh or resumed.
+
+    Every format's writer needs these same five facts; they are gathered here once, by
+    `io.create_writer`, and handed on whole, so that no writer, format module or `construct_writer`
+    repeats the list. Each writer's own options (dataset, compression, chunks, ...) stay its keywords.
+    """
+
+    path: Path
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    meta: VolumeMeta
+    resume: bool = False  # reopen the partial a killed run left, instead of creating the output afresh
+
+
+def construct_writer(cls: type, dest: Destination, options: dict) -> Any:
     """A writer from the one options dict the pipeline hands every format.
 
     io.formats.check_output has already refused what the format cannot honour; here each writer takes
@@ -76,7 +90,7 @@ def construct_writer(
     """
     accepted = inspect.signature(cls).parameters
     kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
-    return cls(path, shape, dtype, meta, resume=resume, **kwargs)
+    return cls(dest, **kwargs)
 
 
 class Reader(Protocol):

@@ -28,8 +28,9 @@ from ..errors import InputError, RunError
 from ..geometry.layout import Layout
 from . import space
 from .atomic import fsync_path
-from .base import PartialUnusable, VolumeMeta, construct_writer
+from .base import Destination, PartialUnusable, VolumeMeta, construct_writer
 from .chunking import output_chunks
+from .hdf5_chunks import ChunkEncoder, worth_it
 from .spacing import SPACING_ATTRS, spacing_value
 
 DEFAULT_DATASET = "data"
@@ -98,29 +99,27 @@ class Hdf5Writer:
 
     def __init__(
         self,
-        path: Path,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        meta: VolumeMeta,
-        resume: bool = False,
+        dest: Destination,
+        *,
         dataset: str | None = None,
         compression_level: int = 1,
         chunks: Any = None,
         layout: Layout | str | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype)
+        self.path = Path(dest.path)
+        self.shape = tuple(int(n) for n in dest.shape)
+        self.dtype = np.dtype(dest.dtype)
         self.dataset = (dataset or DEFAULT_DATASET).strip("/") or DEFAULT_DATASET
         self._file: h5py.File | None = None
-        if resume:
-            self._file, self._ds = self._reopen(str(path))
+        if dest.resume:
+            self._file, self._ds = self._reopen(str(dest.path))
         else:
             level = int(compression_level)
             if not 0 <= level <= 9:
                 raise InputError(f"{compression_level!r}: use 0 (none) to 9", param="compression_level")
-            self._create(meta, level, output_chunks(self.shape, self.dtype, layout, {"chunks": chunks}))
+            self._create(dest.meta, level, output_chunks(self.shape, self.dtype, layout, {"chunks": chunks}))
         self.chunks = tuple(self._ds.chunks) if self._ds.chunks else None
+        self._encoder = ChunkEncoder.of(self._ds, len(os.sched_getaffinity(0)))  # deflate on threads
 
     def _create(self, meta: VolumeMeta, level: int, chunk_shape: tuple[int, ...]) -> None:
         try:
@@ -201,7 +200,10 @@ class Hdf5Writer:
         if self._file is None:
             raise RunError("the output was closed after a failed write", source=str(space.target_of(self.path)))
         try:
-            self._ds[index] = data
+            if self._encoder is not None and self._encoder.covers(index) and worth_it(data, index, self.shape):
+                self._encoder.write(self._ds, index, data)
+            else:
+                self._ds[index] = data
         except (OSError, RuntimeError) as exc:
             self.abort()
             raise self._fault(exc) from None
@@ -222,6 +224,7 @@ class Hdf5Writer:
         """
         if self._file is None:
             return
+        self._stop_encoder()
         self.flush()
         f, self._file = self._file, None
         try:
@@ -235,6 +238,12 @@ class Hdf5Writer:
         f, self._file = self._file, None
         abandon(f)  # first: dropping the dataset would flush its chunk cache to the failing disk
         self._ds = None
+        self._stop_encoder()
+
+    def _stop_encoder(self) -> None:
+        encoder, self._encoder = getattr(self, "_encoder", None), None
+        if encoder is not None:
+            encoder.close()
 
 
 def _check_chunk_index(ds: h5py.Dataset, file_size: int, src: str) -> None:
@@ -267,8 +276,6 @@ def output_size(
     return count * int(np.prod(chunks, dtype=np.int64)) * np.dtype(dtype).itemsize, False
 
 
-def create_writer(
-    path: Path, shape: tuple[int, ...], dtype: np.dtype, meta: VolumeMeta, resume: bool = False, **options: Any
-) -> Hdf5Writer:
+def create_writer(dest: Destination, **options: Any) -> Hdf5Writer:
     """Options: dataset, compression_level, chunks, layout (places channel and batch axes in the chunks)."""
-    return construct_writer(Hdf5Writer, path, shape, dtype, meta, resume, options)
+    return construct_writer(Hdf5Writer, dest, options)

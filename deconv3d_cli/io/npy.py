@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import InputError
 from . import direct, space
-from .base import PartialUnusable, VolumeMeta
+from .base import Destination, PartialUnusable, VolumeMeta
 
 WRITES_SLABS = True  # whole-plane tiles are contiguous runs of the file (see NpyWriter.runs)
 
@@ -114,20 +114,18 @@ class NpyReader:
 class NpyWriter:
     chunks = None
 
-    def __init__(
-        self, path: Path, shape: tuple[int, ...], dtype: np.dtype, meta: VolumeMeta, resume: bool = False
-    ) -> None:
-        self.path = Path(path)
-        self.shape = tuple(shape)
-        self.dtype = np.dtype(dtype)
+    def __init__(self, dest: Destination) -> None:
+        self.path = Path(dest.path)
+        self.shape = tuple(dest.shape)
+        self.dtype = np.dtype(dest.dtype)
         self.nbytes = math.prod(self.shape) * self.dtype.itemsize
         try:
-            if resume:
+            if dest.resume:
                 old_shape, fortran, old_dtype, offset = self._partial_header()
                 if old_shape != self.shape or old_dtype != self.dtype or fortran:
                     raise PartialUnusable(
                         f"partial output has shape {old_shape} {old_dtype}, expected {self.shape} {self.dtype}",
-                        source=str(path),
+                        source=str(dest.path),
                     )
             else:
                 header = aligned_header(self.shape, self.dtype)
@@ -278,10 +276,10 @@ def open_reader(path: Path, dataset: str | None = None, **hints: object) -> NpyR
     return NpyReader(path)
 
 
-def create_writer(
-    path: Path, shape: tuple[int, ...], dtype: np.dtype, meta: VolumeMeta, resume: bool = False, **options: object
-) -> NpyWriter:
+def create_writer(dest: Destination, **options: object) -> NpyWriter:
     dataset = options.pop("dataset", None)
     if dataset:
-        raise InputError("--output-dataset applies to HDF5 outputs, not .npy", source=str(path), param="output_dataset")
-    return NpyWriter(path, shape, dtype, meta, resume=resume)
+        raise InputError(
+            "--output-dataset applies to HDF5 outputs, not .npy", source=str(dest.path), param="output_dataset"
+        )
+    return NpyWriter(dest)

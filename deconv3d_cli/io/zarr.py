@@ -61,7 +61,7 @@ import numpy as np
 from ..errors import InputError
 from ..geometry.layout import CHANNELS_FIRST
 from .atomic import PARTIAL_PREFIX
-from .base import VolumeMeta
+from .base import Destination, VolumeMeta
 from .chunking import chunk_boxes, output_chunks
 from .spacing import SPACING_ATTRS, spacing_from
 from .zarr_ngff import ZarrHeader, axes_of, multiscales, ngff_geometry
@@ -248,11 +248,11 @@ def open_reader(path: Path, dataset: str | None = None, allow_external: bool = F
     return ZarrReader(path, dataset, allow_external=allow_external)
 
 
-def create_writer(*args: Any, **kwargs: Any) -> Any:
+def create_writer(dest: Destination, **options: Any) -> Any:
     """The Zarr writer (io/zarr_writer.py); options: dataset, compression_level, chunks, layout, zarr_format."""
     from .zarr_writer import create_writer as create
 
-    return create(*args, **kwargs)
+    return create(dest, **options)
 
 
 def output_size(shape: tuple[int, ...], dtype: np.dtype, layout: Any, options: dict[str, Any]) -> tuple[int, bool]:

@@ -206,4 +206,8 @@ def array_attrs(meta: VolumeMeta, ngff: bool) -> dict[str, Any]:
             out["affine"] = affine.tolist()
     if not ngff and meta.spacing is not None and not any(name in out for name in SPACING_ATTRS):
         out["spacing"] = [float(v) for v in meta.spacing]
+    if meta.header is not None and type(meta.header).__name__.startswith("Nifti"):
+        from .nifti_header import CARRIED_ATTR, carried_fields  # units, codes, descrip for a later NIfTI
+
+        out[CARRIED_ATTR] = carried_fields(meta.header)
     return out

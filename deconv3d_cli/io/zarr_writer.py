@@ -28,7 +28,7 @@ from ..errors import InputError, RunError
 from ..geometry.layout import Layout
 from . import space
 from .atomic import fsync_path, remove
-from .base import PartialUnusable, VolumeMeta, construct_writer
+from .base import Destination, PartialUnusable, VolumeMeta, construct_writer
 from .chunking import chunk_boxes, chunk_ranges, layout_of, output_chunks
 from .zarr import zarr_module
 from .zarr_ngff import STRUCTURAL_ATTRS, ZarrHeader, array_attrs, ngff_attrs
@@ -43,34 +43,31 @@ class ZarrWriter:
 
     def __init__(
         self,
-        path: Path,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        meta: VolumeMeta,
-        resume: bool = False,
+        dest: Destination,
+        *,
+        zarr_format: int | None = None,
         dataset: str | None = None,
         compression_level: int = 1,
         chunks: Any = None,
         layout: Layout | str | None = None,
-        zarr_format: int | None = None,
     ) -> None:
-        zarr = zarr_module(path)
-        self.path = Path(path)
-        self.shape = tuple(int(n) for n in shape)
-        self.dtype = np.dtype(dtype)
+        zarr = zarr_module(dest.path)
+        self.path = Path(dest.path)
+        self.shape = tuple(int(n) for n in dest.shape)
+        self.dtype = np.dtype(dest.dtype)
         self.array_path = (dataset or DEFAULT_ARRAY).strip("/") or DEFAULT_ARRAY
-        src = str(path)
+        src = str(dest.path)
         if self.dtype.kind not in "fiu":
             raise InputError(f"cannot write {self.dtype} as Zarr", source=src, param="output_dtype")
-        if not resume:
-            fmt = zarr_format or (meta.header.zarr_format if isinstance(meta.header, ZarrHeader) else 3)
+        if not dest.resume:
+            fmt = zarr_format or (dest.meta.header.zarr_format if isinstance(dest.meta.header, ZarrHeader) else 3)
             if int(fmt) not in (2, 3):
                 raise InputError(f"zarr_format {fmt!r}: use 2 or 3", source=src)
             level = int(compression_level)
             if not 0 <= level <= 22:
                 raise InputError(f"{compression_level!r}: use 0 (none) to 22", param="compression_level")
             try:
-                self._create(zarr, meta, int(fmt), level, layout_of(self.shape, layout), chunks)
+                self._create(zarr, dest.meta, int(fmt), level, layout_of(self.shape, layout), chunks)
             except OSError as exc:
                 raise space.disk_error(exc, self.path) from None
         root, arr = self._reopen(zarr, src)
@@ -206,8 +203,6 @@ class ZarrWriter:
         self._arr = None
 
 
-def create_writer(
-    path: Path, shape: tuple[int, ...], dtype: np.dtype, meta: VolumeMeta, resume: bool = False, **options: Any
-) -> ZarrWriter:
+def create_writer(dest: Destination, **options: Any) -> ZarrWriter:
     """Options: dataset, compression_level, chunks, layout, zarr_format."""
-    return construct_writer(ZarrWriter, path, shape, dtype, meta, resume, options)
+    return construct_writer(ZarrWriter, dest, options)

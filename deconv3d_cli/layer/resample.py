@@ -18,7 +18,7 @@ import numpy as np
 
 from ..errors import InputError, SpecError
 from ..geometry import boundary
-from ..geometry.grid import Grid, GridError, GridRequest, spacing_affine
+from ..geometry.grid import GRID_PARAMS, Grid, GridError, GridRequest, spacing_affine
 from ..geometry.layout import CHANNELS_FIRST, CHANNELS_LAST
 from ..geometry.resample_axis import ResampleAxis
 from . import interpolators
@@ -27,8 +27,14 @@ DEFAULT_INTERP = "linear"
 DEFAULT_BOUNDARY = "replicate"
 
 
+def _boundaries() -> tuple[str, ...]:
+    return boundary.MODES
+
+
 @dataclass(frozen=True)
 class ResampleSpec:
+    """A resampling asked for: the grid (one of four ways), the interpolator, the boundary rule."""
+
     request: GridRequest
     interp: str = DEFAULT_INTERP
     boundary: str = DEFAULT_BOUNDARY
@@ -38,15 +44,15 @@ class ResampleSpec:
     def create(
         cls,
         *,
-        voxel_size: Any = None,
-        scale: Any = None,
-        shape: Any = None,
-        like: Any = None,
         interp: str = DEFAULT_INTERP,
         boundary: str = DEFAULT_BOUNDARY,
         data_format: str | None = None,
+        **grid: Any,
     ) -> ResampleSpec:
-        """Check the request on its own; SpecError names the parameter (`interp`, `scale`, ...)."""
+        """Check the request on its own; SpecError names the parameter (`interp`, `scale`, ...).
+
+        `grid`: exactly one of `voxel_size`, `scale`, `shape`, `like` (geometry.grid.GridRequest), None ones ignored.
+        """
         name = str(interp or DEFAULT_INTERP).lower()
         if interpolators.get(name) is None:
             raise SpecError(
@@ -58,8 +64,13 @@ class ResampleSpec:
         fmt = (data_format or CHANNELS_LAST).lower()
         if fmt not in (CHANNELS_LAST, CHANNELS_FIRST):
             raise SpecError(f"data_format {data_format!r}; use channels_last or channels_first", param="data_format")
+        unknown = sorted(set(grid) - set(GRID_PARAMS))
+        if unknown:
+            raise SpecError(
+                f"{unknown[0]!r} is not a way of saying the grid; use {', '.join(GRID_PARAMS)}", param=unknown[0]
+            )
         try:
-            request = GridRequest.create(voxel_size=voxel_size, scale=scale, shape=shape, like=like)
+            request = GridRequest.create(**grid)
         except GridError as exc:
             raise SpecError(exc.message, param=exc.param) from None
         return cls(request, name, mode, fmt)
@@ -113,7 +124,3 @@ class ResampleSpec:
         r = self.request
         what = "a reference grid" if r.kind == "like" else f"{r.kind} {','.join(f'{v:g}' for v in r.values or ())}"
         return f"resample to {what}, {self.interp} ({self.interpolator.definition}), boundary {self.boundary}"
-
-
-def _boundaries() -> tuple[str, ...]:
-    return boundary.MODES

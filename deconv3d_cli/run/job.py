@@ -78,6 +78,7 @@ class Job:
     grid: Any = None  # a resampling's output grid (geometry.grid.Grid); None for a layer
     out_scaling: tuple[float, float] | None = None  # (slope, intercept) an integer output is stored with
     chunks: tuple[int, ...] | None = None  # a chunked output's chunks: the user's, or defaults dividing the tiles
+    notes: list[str] = field(default_factory=list)  # said with the report (geometry fallbacks, dtype choices)
     timings: dict[str, float] = field(default_factory=dict)
 
     @property
@@ -286,6 +287,9 @@ def _plan(
     out_shape = layout.output_shape(shape, [ax.out for ax in axes], filters)
     out_layout = layout.output_layout(filters)
     out_dtype = resolve_output_dtype(options.write.dtype, reader.dtype, output_path)
+    scaling, notes = None, list(getattr(reader, "notes", None) or ())
+    if options.write.dtype.lower() == "keep":
+        out_dtype, scaling = kept_type(spec, reader, out_facts, out_dtype, notes)
     formats.check_output(out_facts, output_path, out_dtype, options.write.writer_options, options.write.dataset)
     plan = _make_plan(spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, filters, options,
                       out_facts)  # fmt: skip
@@ -295,7 +299,38 @@ def _plan(
         meta, options, channels, filters, grid,
     )  # fmt: skip
     job.chunks = options.write.chunks or aligned_chunks(job)
+    job.out_scaling, job.notes = scaling, notes
     return job
+
+
+def kept_type(
+    spec: LayerSpec | ResampleSpec, reader: Any, facts: FormatFacts, dtype: np.dtype, notes: list[str]
+) -> tuple[np.dtype, tuple[float, float] | None]:
+    """`--output-dtype keep` on an input stored as scaled integers: the stored type with a slope and
+    intercept that hold every value the computation can produce (layer/gain.py), where the output can
+    store them (NIfTI); floats otherwise, said in a note."""
+    scaling = getattr(reader, "scaling", None)
+    stored = np.dtype(getattr(reader, "stored_dtype", dtype))
+    if scaling is None or stored.kind not in "iu":
+        return dtype, None
+    if facts.name != "nifti":
+        notes.append(f"keep: a {facts.label} output cannot store NIfTI's slope and intercept; written as {dtype}")
+        return dtype, None
+    from ..io.nifti_header import fit_scaling
+    from ..layer.gain import integer_range, value_range
+
+    slope, inter = float(scaling[0]), float(scaling[1])
+    reach = value_range(spec, *integer_range(stored, slope, inter))
+    if reach is None:
+        notes.append(f"keep: this layer's activation is not bounded for a scaled {stored} output; written as {dtype}")
+        return dtype, None
+    (lo, hi), convex = reach
+    if convex:
+        return stored.newbyteorder("="), (slope, inter)
+    fitted = fit_scaling(stored, lo, hi)
+    notes.append(f"keep: {stored} with slope {fitted[0]:.6g} and intercept {fitted[1]:.6g} (the input's: {slope:.6g}, "
+                 f"{inter:.6g}), to hold every value the layer can produce")  # fmt: skip
+    return stored.newbyteorder("="), fitted
 
 
 def missing_note(job: Job, count: int | None = None) -> list[str]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..engine.activity import ActivityAccumulator
 from ..engine.transfer import Transfers
+from ..errors import RunError
 from ..geometry.tiling import READ_AHEAD, WRITE_BEHIND
 from ..io import DiskFault, PartialUnusable
 from ..io.atomic import OutputTarget
@@ -128,7 +129,10 @@ class Pipeline:
             self._checkpoint()
             job.timings.update(getattr(self.writer, "timings", {}))  # e.g. a .nii.gz writer's compression
             self.writer.close()
+            complete = getattr(self.writer, "complete", True)  # a streaming writer knows if every byte came
             self.writer = None
+            if not complete:
+                raise RunError("the output is missing voxels after every tile was written", source=str(job.output))
             target.commit()
         except Interrupted as stopped:
             self._keep(target)
@@ -169,7 +173,7 @@ class Pipeline:
             "device": str(self.engine.device),
             **decision,
             "missing_chunks": int(getattr(job.reader, "missing_chunks", 0)),
-            "notes": list(target.notes) + missing_note(job),
+            "notes": job.notes + list(target.notes) + missing_note(job),
         }
         return job.result(stats, self.activity, complete=self.activity.tiles == len(job.plan))
 

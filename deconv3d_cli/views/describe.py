@@ -81,17 +81,31 @@ def _bytes_of(text: Any) -> str:
     return raw.decode("latin-1").rstrip("\x00").strip() if isinstance(raw, bytes) else str(raw)
 
 
+def _finite_or_none(values: Any) -> Any:
+    arr = np.asarray(values, dtype=np.float64)
+    return arr.tolist() if np.isfinite(arr).all() else None
+
+
 def _nifti_fields(reader: Any) -> dict[str, Any]:
-    from ..io.nifti import xform_name
+    from ..io.nifti_header import INTENT_VECTOR, geometry, xform_name
 
     hdr = reader.header
     space, time = hdr.get_xyzt_units()
-    intent = hdr.get_intent()
+    code = int(hdr["intent_code"])
+    try:
+        intent = hdr.get_intent()[0]
+    except (KeyError, ValueError):
+        intent = f"code {code}"
+    g = geometry(hdr, reader.path.name)  # codes of transforms that are not usable read as 0
     qcode, scode = int(hdr["qform_code"]), int(hdr["sform_code"])
+    with np.errstate(all="ignore"):
+        qform = _finite_or_none(hdr.get_qform()) if g.qform_code else None
+        sform = _finite_or_none(hdr.get_sform()) if g.sform_code else None
+    stored = list(reader.stored_shape)
     return {
         "version": reader.nifti_version,
         "compressed": reader.compressed,
-        "stored_shape": list(reader.stored_shape),
+        "stored_shape": stored,
         "stored_dtype": reader.stored_dtype.str,
         "byte_order": "big-endian" if reader.stored_dtype.byteorder == ">" else "little-endian",
         "scl_slope": None if reader.scaling is None else reader.scaling[0],
@@ -100,14 +114,26 @@ def _nifti_fields(reader: Any) -> dict[str, Any]:
         "qform_name": xform_name(qcode),
         "sform_code": scode,
         "sform_name": xform_name(scode),
-        "qform": hdr.get_qform().tolist() if qcode else None,
-        "sform": hdr.get_sform().tolist() if scode else None,
-        "zooms": [float(z) for z in hdr.get_zooms()],
+        "qform": qform,
+        "sform": sform,
+        "zooms": [float(z) if np.isfinite(z) else None for z in hdr.get_zooms()],
         "units": [space, time],
-        "intent": intent[0],
+        "intent": intent,
+        "intent_code": code,
+        "vector": code == INTENT_VECTOR or (len(stored) == 5 and stored[3] == 1),
         "descrip": _bytes_of(hdr["descrip"]),
         "fourth_axis": reader.fourth_axis_choice,
+        "geometry_notes": list(getattr(reader, "notes", [])),
     }
+
+
+def _nifti_layout(info: dict[str, Any]) -> str:
+    n, stored = info["nifti"], info["nifti"]["stored_shape"]
+    if len(info["shape"]) == 4 and n["vector"] and len(stored) == 5:
+        return f"x, y, z, c (vector: {stored[4]} components on NIfTI's 5th axis)"
+    if len(info["shape"]) == 5 and len(stored) == 5:
+        return f"t, x, y, z, c (a series of {stored[3]} volumes of {stored[4]} components, each upsampled alone)"
+    return NIFTI_LAYOUTS[len(info["shape"])]
 
 
 def describe(path: Path | str, dataset: str | None = None, fourth_axis: str = "auto") -> dict[str, Any]:
@@ -119,14 +145,15 @@ def describe(path: Path | str, dataset: str | None = None, fourth_axis: str = "a
         dtype = np.dtype(reader.dtype)
         meta = reader.meta
         data_format, layout, note = guess_layout(shape, getattr(reader, "data_format", None))
-        if reader.format == "nifti":
-            layout = NIFTI_LAYOUTS[len(shape)]
         affine = None if meta.affine is None else np.asarray(meta.affine, dtype=np.float64)
         orientation = None
-        if affine is not None:
+        if affine is not None and np.isfinite(affine).all():
             import nibabel as nib
 
-            orientation = "".join(nib.aff2axcodes(affine))
+            try:
+                orientation = "".join(nib.aff2axcodes(affine))
+            except (np.linalg.LinAlgError, ValueError):  # a singular affine has no orientation
+                orientation = None
         units = None
         if reader.format == "nifti":
             units = reader.header.get_xyzt_units()[0]
@@ -151,6 +178,7 @@ def describe(path: Path | str, dataset: str | None = None, fourth_axis: str = "a
         }
         if reader.format == "nifti":
             info["nifti"] = _nifti_fields(reader)
+            info["layout"] = _nifti_layout(info)
         elif meta.attrs:
             info["attributes"] = _jsonable(dict(meta.attrs))
         return _jsonable(info)
@@ -190,7 +218,7 @@ def format_text(info: dict[str, Any]) -> str:
         if list(nifti["stored_shape"]) != list(info["shape"]):
             rows.append(("stored as", str(tuple(nifti["stored_shape"]))))
         if nifti["fourth_axis"]:
-            rows.append(("4th axis", nifti["fourth_axis"]))
+            rows.append(("5th axis" if nifti.get("vector") else "4th axis", nifti["fourth_axis"]))
     rows.append(("dtype", dtype))
     if info["spacing"] is not None:
         unit = {"micron": "um", "unknown": ""}.get(info["spacing_units"] or "", info["spacing_units"] or "")
@@ -204,6 +232,8 @@ def format_text(info: dict[str, Any]) -> str:
                 f"{nifti['qform_code']} ({nifti['qform_name']}) / {nifti['sform_code']} ({nifti['sform_name']})",
             )
         )
+    for i, text in enumerate((nifti or {}).get("geometry_notes") or []):
+        rows.append(("geometry" if i == 0 else "", text))
     if info["affine"] is not None:
         for i, row in enumerate(info["affine"]):
             rows.append(("affine" if i == 0 else "", "[" + "  ".join(f"{v:10.4f}" for v in row) + " ]"))

@@ -69,7 +69,8 @@ def refuse(job: Job) -> None:
         )
     if len(job.plan) > 1 and not job.in_facts.random_access:
         raise InputError(
-            f"a {job.in_facts.label} is decompressed whole by every task that reads it; convert it to .zarr first "
+            f"a {job.in_facts.label} is decompressed from its start by every task that reads it; convert it to .zarr "
+            "first "
             f"(deconv3d upsample IN{job.in_facts.extension} -o IN.zarr --preset nearest --scale 1) or fit it in one "
             "tile",
             source=str(job.input),
@@ -199,7 +200,7 @@ class TileOutput:
             **self.decision,
             "torch_threads": min(self.threads) if len(self.threads) == 1 else sorted(self.threads),
             "missing_chunks": self.missing,
-            "notes": list(self.target.notes) + missing_note(job, self.missing),
+            "notes": job.notes + list(self.target.notes) + missing_note(job, self.missing),
             "scheduler": scheduler,
             "tasks": self.tasks,
             "window": window,
@@ -223,6 +224,3 @@ class TileOutput:
 
 def _identity(value: Any) -> Any:
     return value
-
-
-

@@ -1,0 +1,105 @@
+"""HDF5 chunks compressed on worker threads, then written as they are (`write_direct_chunk`).
+
+h5py runs a dataset's filters (shuffle, then deflate) in the thread that writes, one chunk after the
+other: a gzipped HDF5 output was written at the speed of one core. Here a box that covers whole
+chunks is cut into them, each chunk is shuffled and deflated on a thread pool (zlib-ng or zlib
+release the GIL while they compress), and the compressed chunks are written in chunk order by the
+writer's own thread, the only one that touches HDF5. The bytes are the filters' own (the same
+pipeline, deterministic), and every reader decodes them as it decodes h5py's; a box that does not
+cover whole chunks, or a dataset with other filters, is written by h5py as before.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+GZIP = "gzip"
+MIN_BYTES = 1 << 20  # below this a box is not worth the pool
+
+
+def deflater(level: int) -> Callable[[bytes], bytes]:
+    """zlib-format deflate at `level` (HDF5's gzip filter), from zlib-ng when installed, else zlib."""
+    try:
+        from zlib_ng import zlib_ng as z
+    except ImportError:  # pragma: no cover - zlib-ng is a dependency; the stdlib must still work
+        import zlib as z  # type: ignore[no-redef]
+    return lambda raw: z.compress(raw, level)
+
+
+class ChunkEncoder:
+    """The shuffle + deflate pipeline of one dataset, run on a pool of threads."""
+
+    def __init__(self, ds: Any, threads: int) -> None:
+        self.chunks = tuple(int(c) for c in ds.chunks)
+        self.shape = tuple(int(n) for n in ds.shape)
+        self.dtype = np.dtype(ds.dtype)
+        self.shuffle = bool(ds.shuffle)
+        self.deflate = deflater(int(ds.compression_opts))
+        self.pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="hdf5-deflate")
+
+    @classmethod
+    def of(cls, ds: Any, threads: int) -> ChunkEncoder | None:
+        """An encoder for datasets whose filters are exactly [shuffle,] gzip (what this tool writes)."""
+        if ds.chunks is None or threads < 2:
+            return None
+        filters = set(_filter_names(ds))
+        if GZIP not in filters or filters - {"shuffle", GZIP}:
+            return None
+        return cls(ds, threads)
+
+    def covers(self, index: tuple[slice, ...]) -> bool:
+        """Whether the box starts on chunk boundaries and ends on them (or at the dataset's end)."""
+        for s, c, n in zip(index, self.chunks, self.shape):
+            start, stop, _ = s.indices(n)
+            if start % c or (stop % c and stop != n):
+                return False
+        return True
+
+    def encode(self, block: np.ndarray) -> bytes:
+        raw = np.ascontiguousarray(block, dtype=self.dtype)
+        if self.shuffle and self.dtype.itemsize > 1:
+            raw = raw.view(np.uint8).reshape(-1, self.dtype.itemsize).T
+        return self.deflate(np.ascontiguousarray(raw).tobytes())
+
+    def write(self, ds: Any, index: tuple[slice, ...], data: np.ndarray) -> None:
+        """Write the box chunk by chunk: compressed in parallel, stored in chunk order."""
+        starts = [range(s.indices(n)[0], s.indices(n)[1], c) for s, c, n in zip(index, self.chunks, self.shape)]
+        origin = [s.indices(n)[0] for s, n in zip(index, self.shape)]
+        corners = list(itertools.product(*starts))
+        blocks = (self._block(data, corner, origin) for corner in corners)
+        for corner, encoded in zip(corners, self.pool.map(self.encode, blocks)):
+            ds.id.write_direct_chunk(corner, encoded, filter_mask=0)
+
+    def _block(self, data: np.ndarray, corner: tuple[int, ...], origin: list[int]) -> np.ndarray:
+        """The chunk at `corner`, full size (an edge chunk is padded with zeros, which no reader sees)."""
+        box = tuple(slice(a - o, min(a + c, n) - o) for a, o, c, n in zip(corner, origin, self.chunks, self.shape))
+        part = data[box]
+        if part.shape == self.chunks:
+            return part
+        full = np.zeros(self.chunks, self.dtype)
+        full[tuple(slice(0, m) for m in part.shape)] = part
+        return full
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)
+
+
+def _filter_names(ds: Any) -> list[str]:
+    plist = ds.id.get_create_plist()
+    names = []
+    for i in range(plist.get_nfilters()):
+        code = plist.get_filter(i)[0]
+        names.append({1: "gzip", 2: "shuffle"}.get(code, str(code)))
+    return names
+
+
+def worth_it(data: np.ndarray, index: tuple[slice, ...], shape: tuple[int, ...]) -> bool:
+    """A whole box (not one to broadcast), large enough for threads to pay."""
+    box = tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
+    return tuple(data.shape) == box and data.nbytes >= MIN_BYTES and math.prod(box) > 0
