@@ -259,6 +259,7 @@ def _prefilter(y: torch.Tensor, dim: int, stages: Sequence[tuple[int, float]], c
     outer, n, inner = view.shape
     lost = sum(abs(s) for s, _ in stages)
     out = torch.empty((outer, n - lost, inner), dtype=y.dtype, device=y.device)
+    blocks: list[tuple[slice, ...]]
     if outer == 1:  # the outermost axis: blocks of columns (strided reads, every stage in cache)
         step = max(1, chunk // n)
         blocks = [(slice(None), slice(None), slice(j, min(j + step, inner))) for j in range(0, inner, step)]
