@@ -8,8 +8,6 @@ offsets that geometry.py derives.
 
 from __future__ import annotations
 
-import functools
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -20,7 +18,7 @@ from ..errors import RunError, SpecError
 from ..geometry import axis as geometry
 from ..geometry.layout import CHANNELS_FIRST
 from ..layer.spec import LayerSpec
-from . import activations, allocator, choice, separable, workers
+from . import activations, allocator, choice, separable
 from . import formulations as paths
 
 PRECISIONS = {
@@ -62,9 +60,6 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
 
 
 SEPARABLE = choice.SEPARABLE
-# Pieces of a tile for the engine's threads (workers.py): outputs per piece, and pieces per tile at most.
-PIECE_ELEMENTS = 1 << 21
-MAX_PIECES = 16
 
 
 class Engine:
@@ -172,10 +167,9 @@ class Engine:
             x, self._pweight, bias, s.strides, s.filters, cl=cl, cl_out=self.channels_last_out, dnn="_dnn" in name
         )
 
-    def _phase_window(
-        self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...], path: str, out: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _phase_window(self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
         s = self.spec
+        path = self.path or ""
         if self._pweight is None:
             self._pweight = paths.phase_weight(self.weight, s.strides)
         bias = None if self.bias is None else self.bias.view(-1)
@@ -191,7 +185,6 @@ class Engine:
             cl_out=self.channels_last_out,
             fill=self._bias_only,
             dnn="_dnn" in path,
-            out=out,
         )
 
     def choose_path(self, x: torch.Tensor | Sequence[int]) -> str:
@@ -246,78 +239,31 @@ class Engine:
         self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...], path: str | None = None
     ) -> torch.Tensor:
         if any(v == 0 for v in x.shape[2:]):
-            return self._piece(x, offsets, sizes, "")
-        self.path = path or self.forced or self.choose_path(x)
-        if self.path == SEPARABLE:  # cut into pieces per pass, inside separable.py
-            assert self._taps is not None
-            y = separable.tile(x, self._taps, self.spec.strides, offsets, sizes)
-            if self.bias is not None:
-                y.add_(self.bias)
-            return activations.apply(self.spec.activation, y, self.softmax_dim)
-        spans = self._depth_pieces(x.shape, sizes)
-        if len(spans) == 1:
-            return self._piece(x, offsets, sizes, self.path)
-        # Pieces of output depth, each from the slab rows it reads, straight into the tile: the engine's
-        # threads take them in turn (workers.py). They depend on the tile alone, never on the threads.
-        out = torch.empty(
-            (x.shape[0], self.spec.filters, *sizes), dtype=self.dtype, device=self.device,
-            memory_format=self.out_memory_format,
-        )  # fmt: skip
-        st, k = self.spec.strides[0], geometry.effective_kernel(self.spec.kernel_size[0], self.spec.dilation_rate[0])
-        chosen = self.path
-
-        def one(lo: int, hi: int) -> None:
-            rows = geometry.slab_rows(offsets[0] + lo, hi - lo, st, k, x.shape[2])
-            sub = x.narrow(2, rows.lo, rows.size)
-            self._piece(sub, (rows.offset, *offsets[1:]), (hi - lo, *sizes[1:]), chosen, out.narrow(2, lo, hi - lo))
-
-        workers.run([functools.partial(one, lo, hi) for lo, hi in spans])
-        return out
-
-    def _depth_pieces(self, shape: Sequence[int], sizes: Sequence[int]) -> list[tuple[int, int]]:
-        """Output depth ranges of a tile's pieces: a fixed function of the layer and the tile's shape.
-
-        About PIECE_ELEMENTS outputs each, but never so thin that the input rows a piece re-reads
-        (its halo, about kernel / stride rows) exceed a quarter of the rows it owns; one piece on CUDA.
-        """
-        if self.device.type != "cpu":
-            return [(0, int(sizes[0]))]
-        s = self.spec
-        elements = int(shape[0]) * s.filters * math.prod(int(v) for v in sizes)
-        halo = -(-geometry.effective_kernel(s.kernel_size[0], s.dilation_rate[0]) // s.strides[0])
-        thinnest = max(1, 4 * halo * s.strides[0])  # output rows per piece, at least
-        count = min(MAX_PIECES, -(-elements // PIECE_ELEMENTS), max(1, int(sizes[0]) // thinnest))
-        return workers.split(int(sizes[0]), count)
-
-    def _piece(
-        self,
-        x: torch.Tensor,
-        offsets: tuple[int, ...],
-        sizes: tuple[int, ...],
-        path: str,
-        out: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Output positions [offset, offset + size) of slab `x` by `path`, activated (into `out` if given)."""
-        if any(v == 0 for v in x.shape[2:]):
             y = self._bias_only((x.shape[0], self.spec.filters, *sizes))
-        elif path.startswith("phase"):  # shuffle and crop in one pass, straight into the tile
-            y = self._phase_window(x, offsets, sizes, path, out)
         else:
-            # torch crops `padding` voxels from both ends of each axis without computing them: use
-            # the part of the window's margins that is symmetric, and cut the rest from the result.
-            full = [
-                geometry.full_length(n, k, st, d)
-                for n, k, st, d in zip(x.shape[2:], self.spec.kernel_size, self.spec.strides, self.spec.dilation_rate)
-            ]
-            crop = tuple(max(0, min(o, length - o - m)) for o, m, length in zip(offsets, sizes, full))
-            y = self._run(path, x, crop)
-            # the bias is in the convolved part; positions outside it get it from _bias_only
-            y = _window(y, tuple(o - c for o, c in zip(offsets, crop)), sizes, self._bias_only)
-        y = activations.apply(self.spec.activation, y, self.softmax_dim)
-        if out is not None and y is not out:
-            out.copy_(y)
-            return out
-        return y
+            self.path = path or self.forced or self.choose_path(x)
+            if self.path == SEPARABLE:
+                assert self._taps is not None
+                y = separable.tile(x, self._taps, self.spec.strides, offsets, sizes)
+                if self.bias is not None:
+                    y.add_(self.bias)
+            elif self.path.startswith("phase"):  # shuffle and crop in one pass, straight into the tile
+                y = self._phase_window(x, offsets, sizes)
+            else:
+                # torch crops `padding` voxels from both ends of each axis without computing them: use
+                # the part of the window's margins that is symmetric, and cut the rest from the result.
+                full = [
+                    geometry.full_length(n, k, st, d)
+                    for n, k, st, d in zip(
+                        x.shape[2:], self.spec.kernel_size, self.spec.strides, self.spec.dilation_rate
+                    )
+                ]
+                crop = tuple(max(0, min(o, length - o - m)) for o, m, length in zip(offsets, sizes, full))
+                with torch.inference_mode():
+                    y = self._run(self.path, x, crop)
+                # the bias is in the convolved part; positions outside it get it from _bias_only
+                y = _window(y, tuple(o - c for o, c in zip(offsets, crop)), sizes, self._bias_only)
+        return activations.apply(self.spec.activation, y, self.softmax_dim)
 
     def _tile_or_split(self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
         """Out of device memory: halve the tile along its longest axis and assemble on the host.
