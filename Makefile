@@ -32,10 +32,17 @@ test: install
 	$(BIN)/python -m pytest $(PYTEST_ARGS) -q
 	$(MAKE) --no-print-directory lint
 
-# Peers (tensorflow-cpu, tf-keras, SimpleITK, scipy) come from the `bench` extra, installed here only.
+# Peers (tensorflow-cpu, tf-keras, SimpleITK, scipy, psutil) come from the `bench` extra, installed here only;
+# mrgrid rows need MRtrix3 (Debian: apt install mrtrix3) and are skipped without it. Every side-by-side
+# script prints the load average it ran under; `make bench BENCH_ARGS=--load` runs them all with the
+# bench's fixed competing load (one busy process pinned to one CPU, benchmarks/harness.py).
+BENCH_ARGS ?=
 bench: install
 	$(BIN)/python -m pip install -q -e '.[bench]'
-	$(BIN)/python benchmarks/run.py
+	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/versus_tf.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/files_bench.py $(BENCH_ARGS)
+	$(BIN)/python benchmarks/resample_bench.py --interp linear bspline $(BENCH_ARGS)
 	$(BIN)/python benchmarks/stream_bench.py
 	$(BIN)/python benchmarks/batch_bench.py
 

@@ -145,7 +145,16 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller volumes; peers over 20 s skipped")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch threads for deconv3d (default: torch's)")
+    ap.add_argument("--load", action="store_true", help="one busy process pinned to one CPU throughout (harness.py)")
     args = ap.parse_args()
+    from harness import Load, loadavg  # benchmarks/harness.py, beside this script
+
+    with Load(1 if args.load else 0) as load:
+        print(f"# load average {loadavg()} at start; {load.describe()}")
+        _run(args)
+
+
+def _run(args: argparse.Namespace) -> None:
     import torch
 
     if args.threads:

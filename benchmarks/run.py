@@ -236,6 +236,7 @@ def main() -> None:
     ap.add_argument("--only", help="comma-separated implementations to run")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, help="where the results go (default benchmarks/results/bench.json)")
+    ap.add_argument("--load", action="store_true", help="one busy process pinned to one CPU throughout (harness.py)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--worker-jobs", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -246,16 +247,23 @@ def main() -> None:
     presets = PRESETS[:1] if args.quick else PRESETS
     only = set(args.only.split(",")) if args.only else None
     results: dict[str, dict] = {}
-    for impl in LAYER_IMPLS:
-        if only is None or impl in only:
-            print(f"running {impl} ...", file=sys.stderr, flush=True)
-            results[impl] = run_impl(impl, [["layer", c] for c in layers], args.repeats)
-    for impl in PRESET_IMPLS:
-        if only is None or impl in only:
-            print(f"running {impl} ...", file=sys.stderr, flush=True)
-            results[impl] = run_impl(impl, [["preset", p] for p in presets], args.repeats)
+    from harness import Load, loadavg  # benchmarks/harness.py, beside this script
 
-    lines = [f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}; fp32, ms (median)"]
+    start_load = loadavg()
+    with Load(1 if args.load else 0) as load:
+        for impl in LAYER_IMPLS:
+            if only is None or impl in only:
+                print(f"running {impl} ...", file=sys.stderr, flush=True)
+                results[impl] = run_impl(impl, [["layer", c] for c in layers], args.repeats)
+        for impl in PRESET_IMPLS:
+            if only is None or impl in only:
+                print(f"running {impl} ...", file=sys.stderr, flush=True)
+                results[impl] = run_impl(impl, [["preset", p] for p in presets], args.repeats)
+
+    lines = [
+        f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.python_version()}; fp32, ms (median); "
+        f"load average {start_load} at start; {load.describe()}"
+    ]
     head = (
         f"{'layer':<28}" + "".join(f"{i:>10}" for i in LAYER_IMPLS) + "   tf/engine torch/engine engine/tool bound/tool"
     )

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import workers
+
 PATHS = (
     "transpose",
     "transpose_cl",
@@ -35,6 +37,7 @@ PATHS = (
     "phase_dnn_cl",
 )
 DNN_PATHS = tuple(p for p in PATHS if "_dnn" in p)
+COPY_PIECE = 1 << 20  # elements per piece of the phase shuffle's copies (workers.py)
 ONEDNN_MIN_ROWS = 20480  # torch's threshold on N*C*D*H (aten/src/ATen/native/Convolution.cpp, use_mkldnn)
 
 
@@ -217,6 +220,7 @@ def phase_window(
         return _conv3d(x, pweight, bias, dnn, padding=pads)
     y = _phase_conv(x, pweight, bias, s, cl, rows, dnn)
     phases = y.view(n, filters, s[0], s[1], s[2], *y.shape[2:])
+    copies: list[tuple[torch.Tensor, torch.Tensor]] = []
     for r in product(*(range(ss) for ss in s)):
         src, dst = [], []
         for a in range(3):
@@ -230,8 +234,28 @@ def phase_window(
         else:
             index: tuple[Any, ...] = (slice(None), slice(None), *r, *src)
             target: tuple[Any, ...] = (slice(None), slice(None), *dst)
-            out[target] = phases[index]
+            copies.append((out[target], phases[index]))
+    _copy_all(copies, x.device)
     return out
+
+
+def _copy_all(copies: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> None:
+    """dst.copy_(src) for every pair, as pieces for the engine's threads (CPU), about COPY_PIECE elements each.
+
+    The shuffle is s^3 strided copies (memory-bound): one OpenMP region each would wait on the slowest
+    thread s^3 times per tile; pieces balance over the engine's threads instead (workers.py). Copies
+    are exact, so how they are cut changes no byte.
+    """
+    if device.type != "cpu":
+        for dst, src in copies:
+            dst.copy_(src)
+        return
+    pieces = []
+    for dst, src in copies:
+        count = -(-dst.numel() // COPY_PIECE)
+        for lo, hi in workers.split(int(dst.shape[2]), count):
+            pieces.append(lambda d=dst.narrow(2, lo, hi - lo), t=src.narrow(2, lo, hi - lo): d.copy_(t))
+    workers.run(pieces)
 
 
 def fastest(candidates: dict[str, Callable[[], torch.Tensor]], repeats: int = 3) -> tuple[str, dict[str, float]]:

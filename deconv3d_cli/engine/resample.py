@@ -16,6 +16,7 @@ reach outside it (the `zeros` boundary at the volume's edges) read as zeros.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,13 +28,15 @@ from ..geometry import boundary as bnd
 from ..geometry.grid import Grid
 from ..geometry.resample_axis import ResampleAxis
 from ..layer.resample import ResampleSpec
-from . import allocator
+from . import allocator, workers
 from .core import resolve_device, resolve_precision
 
 PATH = "resample"
 # Elements per block of a pass on the CPU (512 KiB of fp32): a block's gathers, products and sums stay
 # in cache (linear 128^3 x1.5 took 23 ms of CPU unblocked, 16 blocked). On CUDA one block (fewer launches).
 CHUNK = 1 << 17
+# Consecutive blocks per piece for the engine's threads (workers.py): 4 MiB of fp32 outputs a piece.
+PIECE_BLOCKS = 8
 
 
 class Resampler:
@@ -202,32 +205,36 @@ def _accumulate(view: torch.Tensor, idx: list[torch.Tensor], w: torch.Tensor, ch
     """out[:, j, :] = sum over taps k, in order, of w[k, j] * view[:, idx[k][j], :] (one multiply, one add each).
 
     Computed in blocks of about `chunk` elements so that a block's gathers, products and sums stay in
-    cache; blocks change no element's arithmetic, only when it happens.
+    cache; blocks change no element's arithmetic, only when it happens (and on which of the engine's
+    threads: PIECE_BLOCKS consecutive blocks make one piece for workers.py).
     """
     outer, _, inner = view.shape
     m = len(idx[0])
     out = torch.empty((outer, m, inner), dtype=view.dtype, device=view.device)
-    if len(idx) == 1:  # nearest: one copy, no arithmetic to keep in cache
-        _gather(view, idx[0], out)
-        return out
     if outer == 1:  # the outermost axis: blocks of output planes
         step = max(1, chunk // max(inner, 1))
         blocks = [(slice(0, 1), slice(j, min(j + step, m))) for j in range(0, m, step)]
     else:
         step = max(1, chunk // max(m * inner, 1))
         blocks = [(slice(i, min(i + step, outer)), slice(0, m)) for i in range(0, outer, step)]
-    buf: torch.Tensor | None = None
-    for rows, cols in blocks:
-        src, dst = view[rows], out[rows, cols]
-        _gather(src, idx[0][cols], dst)
-        dst.mul_(w[0, cols].view(1, -1, 1))
-        if buf is None:
-            buf = torch.empty_like(dst)
-        tmp = buf if buf.shape == dst.shape else torch.empty_like(dst)
-        for k in range(1, len(idx)):
-            _gather(src, idx[k][cols], tmp)
-            tmp.mul_(w[k, cols].view(1, -1, 1))
-            dst.add_(tmp)
+
+    def piece(part: list[tuple[slice, slice]]) -> None:
+        buf: torch.Tensor | None = None
+        for rows, cols in part:
+            src, dst = view[rows], out[rows, cols]
+            _gather(src, idx[0][cols], dst)
+            if len(idx) == 1:  # nearest: one copy
+                continue
+            dst.mul_(w[0, cols].view(1, -1, 1))
+            if buf is None:
+                buf = torch.empty_like(dst)
+            tmp = buf if buf.shape == dst.shape else torch.empty_like(dst)
+            for k in range(1, len(idx)):
+                _gather(src, idx[k][cols], tmp)
+                tmp.mul_(w[k, cols].view(1, -1, 1))
+                dst.add_(tmp)
+
+    workers.run([functools.partial(piece, blocks[i : i + PIECE_BLOCKS]) for i in range(0, len(blocks), PIECE_BLOCKS)])
     return out
 
 
@@ -252,17 +259,22 @@ def _prefilter(y: torch.Tensor, dim: int, stages: Sequence[tuple[int, float]], c
     outer, n, inner = view.shape
     lost = sum(abs(s) for s, _ in stages)
     out = torch.empty((outer, n - lost, inner), dtype=y.dtype, device=y.device)
+    blocks: list[tuple[slice, ...]]
     if outer == 1:  # the outermost axis: blocks of columns (strided reads, every stage in cache)
         step = max(1, chunk // n)
         blocks = [(slice(None), slice(None), slice(j, min(j + step, inner))) for j in range(0, inner, step)]
     else:
         step = max(1, chunk // (n * inner))
         blocks = [(slice(i, min(i + step, outer)), slice(None), slice(None)) for i in range(0, outer, step)]
-    for block in blocks:
-        z = view[block]
-        for shift, weight in stages:
-            z = _stage(z, 1, shift, weight)
-        out[block] = z
+
+    def piece(part: list[tuple[slice, ...]]) -> None:
+        for block in part:
+            z = view[block]
+            for shift, weight in stages:
+                z = _stage(z, 1, shift, weight)
+            out[block] = z
+
+    workers.run([functools.partial(piece, blocks[i : i + PIECE_BLOCKS]) for i in range(0, len(blocks), PIECE_BLOCKS)])
     shape = list(y.shape)
     shape[dim] = n - lost
     return out.view(shape)

@@ -18,6 +18,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from . import workers
+
 RANK1_RTOL = 1e-6
 
 
@@ -71,12 +73,32 @@ def tile(
     return y.reshape(n, c, *y.shape[1:])
 
 
+# Output elements per piece of a pass (4 MiB of fp32): pieces for the engine's threads (workers.py),
+# large enough that a piece's handful of torch calls costs little, small enough to balance.
+PIECE = 1 << 20
+
+
 def _axis(y: torch.Tensor, a: int, taps: np.ndarray, s: int, offset: int, size: int) -> torch.Tensor:
-    """The 1-D transposed convolution of `y` along axis `a`, positions [offset, offset + size)."""
-    n, k = y.shape[a], len(taps)
+    """The 1-D transposed convolution of `y` along axis `a`, positions [offset, offset + size).
+
+    The pass is cut across another axis (`b`) into pieces for the engine's threads: each output
+    element is the same arithmetic on the same rows whichever piece it falls in.
+    """
     shape = list(y.shape)
     shape[a] = size
     out = torch.empty(shape, dtype=y.dtype, device=y.device)
+    b = max((i for i in range(y.ndim) if i != a), key=lambda i: (y.shape[i], -i))
+    count = -(-out.numel() // PIECE) if y.device.type == "cpu" else 1
+    pieces = [
+        (lambda lo=lo, hi=hi: _axis_into(y.narrow(b, lo, hi - lo), out.narrow(b, lo, hi - lo), a, taps, s, offset))
+        for lo, hi in workers.split(y.shape[b], count)
+    ]
+    workers.run(pieces)
+    return out
+
+
+def _axis_into(y: torch.Tensor, out: torch.Tensor, a: int, taps: np.ndarray, s: int, offset: int) -> None:
+    n, k, size = y.shape[a], len(taps), out.shape[a]
     for r in range(s):
         j0 = (r - offset) % s  # first output index whose full position o + j is r mod s
         if j0 >= size:
@@ -97,7 +119,6 @@ def _axis(y: torch.Tensor, a: int, taps: np.ndarray, s: int, offset: int, size: 
         for q in edges:  # rows some taps miss (the slab's ends): only the taps that land count
             valid = [(w, y.narrow(a, q - m, 1)) for w, m in terms if 0 <= q - m < n]
             _combine(dst.narrow(a, q - q0, 1), valid)
-    return out
 
 
 def _strided(out: torch.Tensor, a: int, start: int, count: int, step: int) -> torch.Tensor:

@@ -37,7 +37,9 @@ from typing import Any
 
 from ..errors import warn_once
 
-VERSION = 1
+# 2: formulations run in pieces on the engine's own threads (workers.py) and are timed that way, so the
+# decisions timed before (whole slabs on torch's pool) are not followed; they stay on disk, unused.
+VERSION = 2
 ENV_OFF = "DECONV3D_TUNING"
 ENV_DIR = "DECONV3D_TUNING_DIR"
 
