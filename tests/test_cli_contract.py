@@ -240,3 +240,27 @@ def test_local_workers_are_capped_at_the_usable_cpus_and_leave_no_scratch(tmp_pa
     assert res.returncode == 0, res.stderr
     assert f"starting {usable_cpus()}" in res.stderr and len(res.stderr.strip().splitlines()) == 1
     assert list(scratch.iterdir()) == []
+
+
+def test_the_quick_exit_runs_atexit_handlers_flushes_stdout_and_keeps_the_bytes(tmp_path, layer, volume):
+    """A command that loaded torch ends with os._exit after the atexit handlers and a flush (cli/main.py):
+    the JSON document still arrives whole through a pipe, handlers registered by the caller still run,
+    and the output is the one the ordinary exit gives, byte for byte."""
+    marker = tmp_path / "atexit-ran"
+    script = (
+        "import atexit, sys; from pathlib import Path\n"
+        f"atexit.register(lambda: Path({str(marker)!r}).write_text('yes'))\n"
+        "from deconv3d_cli.cli import main\n"
+        "main(sys.argv[1:])\n"
+    )
+    args = ["upsample", str(volume), "-o", str(tmp_path / "quick.npy"), "--spec", str(layer), "--json"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    quick = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, env=env, timeout=300)
+    assert quick.returncode == 0, quick.stderr
+    assert one_json(quick)["status"] == "done" and marker.read_text() == "yes"
+    slow = subprocess.run([*CLI, *args[:3], str(tmp_path / "slow.npy"), *args[4:]], capture_output=True, text=True,
+                          env={**env, "DECONV3D_FAST_EXIT": "0"}, timeout=300)  # fmt: skip
+    assert slow.returncode == 0 and one_json(slow)["status"] == "done"
+    assert (tmp_path / "quick.npy").read_bytes() == (tmp_path / "slow.npy").read_bytes()
+    failed = run("upsample", volume, "-o", tmp_path / "quick.npy", "--spec", layer, "--json")  # exists: exit 2
+    assert failed.returncode == 2 and "exists" in one_json(failed)["error"]

@@ -132,10 +132,10 @@ def fake_system(tmp_path: Path, cgroup: str, files: dict[str, str]) -> tuple[Pat
     return proc, sys
 
 
-def test_no_limit_anywhere_is_one_gib(tmp_path):
+def test_no_limit_anywhere_is_the_default_512_mib(tmp_path):
     proc, sys = fake_system(tmp_path, "0::/user.slice/session-1.scope\n", {"user.slice/memory.max": "max\n"})
-    assert default_memory_limit(proc, sys, {}) == DEFAULT_MEMORY_LIMIT == GIB
-    assert default_memory_limit(tmp_path / "no-proc", tmp_path / "no-sys", {}) == GIB
+    assert default_memory_limit(proc, sys, {}) == DEFAULT_MEMORY_LIMIT == 512 * MIB
+    assert default_memory_limit(tmp_path / "no-proc", tmp_path / "no-sys", {}) == 512 * MIB
     assert memory_limits(proc, sys, {}) == []
 
 
@@ -178,7 +178,7 @@ def test_cgroup_v1_limit_and_its_unlimited_value(tmp_path):
     proc, sys = fake_system(
         tmp_path / "b", "4:cpu,memory:/a\n", {"memory/a/memory.limit_in_bytes": "9223372036854771712"}
     )
-    assert default_memory_limit(proc, sys, {}) == GIB  # v1's "no limit"
+    assert default_memory_limit(proc, sys, {}) == DEFAULT_MEMORY_LIMIT  # v1's "no limit"
 
 
 def test_cgroup_v2_in_a_hybrid_layout(tmp_path):
@@ -215,17 +215,18 @@ def test_the_tightest_limit_decides(tmp_path):
     found = memory_limits(proc, sys, env)
     assert [m.limit for m in found] == [GIB, 3 * GIB] and found[0].source == "SLURM_MEM_PER_NODE=1024"
     assert default_memory_limit(proc, sys, env) == 256 * MIB
-    assert default_memory_limit(proc, sys, {"SLURM_MEM_PER_NODE": "65536"}) == 768 * MIB  # the cgroup's
+    assert default_memory_limit(proc, sys, {"SLURM_MEM_PER_NODE": "65536"}) == 512 * MIB  # the cgroup's 768 MiB, capped
+    assert default_memory_limit(proc, sys, {"SLURM_MEM_PER_NODE": "1536"}) == 384 * MIB
 
 
-def test_the_budget_is_a_quarter_never_above_one_gib():
-    assert budget_for(None) == GIB
-    assert budget_for(64 * GIB) == GIB  # a big job tiles as a laptop does
-    assert budget_for(4 * GIB) == GIB
-    assert budget_for(3 * GIB) == 768 * MIB
+def test_the_budget_is_a_quarter_never_above_the_default():
+    assert budget_for(None) == 512 * MIB
+    assert budget_for(64 * GIB) == 512 * MIB  # a big job tiles as a laptop does
+    assert budget_for(2 * GIB) == 512 * MIB
+    assert budget_for(1536 * MIB) == 384 * MIB
     assert budget_for(1000 * MIB + 3) == 250 * MIB  # whole MiB
     assert budget_for(10 * KIB) == 2560 and budget_for(3) == 1
 
 
-def test_the_real_machine_gives_a_positive_budget_at_most_one_gib():
-    assert 1 <= default_memory_limit() <= GIB
+def test_the_real_machine_gives_a_positive_budget_at_most_the_default():
+    assert 1 <= default_memory_limit() <= DEFAULT_MEMORY_LIMIT

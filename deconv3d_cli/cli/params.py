@@ -27,7 +27,7 @@ def tile(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple
 
 
 def memory(ctx: click.Context, param: click.Parameter, value: str | None) -> int:
-    """A size; none given: the default budget (1 GiB, or a share of the cgroup/SLURM limit)."""
+    """A size; none given: the default budget (512 MiB, or a share of the cgroup/SLURM limit)."""
     from ..geometry.sizes import default_memory_limit, parse_bytes
 
     return default_memory_limit() if value is None else _parsed(parse_bytes, value)

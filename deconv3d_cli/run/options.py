@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..geometry.sizes import DEFAULT_MEMORY_LIMIT
+
 Triple = tuple[int, int, int]
 
 
@@ -50,7 +52,7 @@ class WriteOptions:
 class ComputeOptions:
     device: str = "cpu"  # auto, cpu, cuda, cuda:N
     precision: str = "fp32"
-    memory_limit: int = 1 << 30
+    memory_limit: int = DEFAULT_MEMORY_LIMIT
     tile: Triple | None = None
     boundary: str = "zeros"
     engine_path: str = "auto"  # auto: the machine's recorded decision (engine/tuning.py), or one formulation
