@@ -127,7 +127,7 @@ def main() -> None:
             "import sys; from deconv3d_cli.cli import main; sys.argv = ['deconv3d', 'upsample',"
             f" {str(mid)!r}, '-o', {str(tmp / 'mid_up.npy')!r}, '--spec', {str(spec)!r}, '--memory-limit', "
             f"{args.memory_limit!r}, '--no-progress', '--json', '--device', 'cpu']\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code"
+            "code = main.main(standalone_mode=False)\nassert not code, code"  # no os._exit: the tail reports
         )
         _, mid_rss, out = run_child(_rss_wrapper(mid_cli))
         mid_s = json.loads(out)["seconds"]
@@ -138,7 +138,7 @@ def main() -> None:
             "import sys; from deconv3d_cli.cli import main; sys.argv = ['deconv3d', 'upsample',"
             f" {str(big)!r}, '-o', {str(out_path)!r}, '--spec', {str(spec)!r}, '--memory-limit', "
             f"{args.memory_limit!r}, '--no-progress', '--json', '--device', 'cpu']\n"
-            "try:\n    main()\nexcept SystemExit as e:\n    assert not e.code, e.code"
+            "code = main.main(standalone_mode=False)\nassert not code, code"  # no os._exit: the tail reports
         )
         wall, stream_rss, out = run_child(_rss_wrapper(cli))
         report = json.loads(out)

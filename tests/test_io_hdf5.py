@@ -428,3 +428,44 @@ def test_chunks_deflated_on_threads_read_back_exactly(tmp_path, shape, chunks):
     encoder = ChunkEncoder.of(h5py.File(tmp_path / "o.h5")["data"], 2)
     assert encoder is not None and encoder.covers((slice(0, chunks[0]),) * 1 + (slice(None),) * (len(shape) - 1))
     encoder.close()
+
+
+def test_threaded_chunk_writes_while_other_threads_read_and_flush_read_back_exactly(tmp_path):
+    """As in a run: the reader thread reads a gzipped input (h5py releases the GIL inside H5Dread, holding
+    its library lock) and the sync thread flushes the output while the writer thread stores chunks. The
+    chunk writes hold that lock too (h5py's write_direct_chunk takes none), so HDF5, which is not
+    thread-safe, never runs two calls at once (io/hdf5_chunks.py says what was seen without it)."""
+    import threading
+
+    with h5py.File(tmp_path / "in.h5", "w") as f:
+        f.create_dataset("data", data=np.random.default_rng(7).standard_normal((64, 64, 64)).astype(np.float32),
+                         chunks=(16, 64, 64), compression="gzip", compression_opts=6)  # fmt: skip
+    shape, chunks = (96, 64, 64), (4, 64, 64)
+    x = (np.random.default_rng(6).standard_normal(shape) * 50).astype(np.float32)
+    w = create_writer(tmp_path / "o.h5", "hdf5", shape, np.float32, VolumeMeta(), compression_level=1, chunks=chunks)
+    done = threading.Event()
+    source = h5py.File(tmp_path / "in.h5", "r")
+
+    def reader() -> None:
+        while not done.is_set():
+            source["data"][...]
+
+    def flusher() -> None:
+        while not done.is_set():
+            w.flush()
+
+    others = [threading.Thread(target=reader), threading.Thread(target=flusher)]
+    for t in others:
+        t.start()
+    try:
+        for _ in range(3):
+            for z in range(0, shape[0], 16):  # 1 MiB boxes: the threaded encoder's path
+                w.write((slice(z, z + 16),), x[z : z + 16])
+    finally:
+        done.set()
+        for t in others:
+            t.join()
+        source.close()
+    w.close()
+    with h5py.File(tmp_path / "o.h5") as f:
+        assert np.array_equal(f["data"][...], x)

@@ -4,9 +4,15 @@ h5py runs a dataset's filters (shuffle, then deflate) in the thread that writes,
 other: a gzipped HDF5 output was written at the speed of one core. Here a box that covers whole
 chunks is cut into them, each chunk is shuffled and deflated on a thread pool (zlib-ng or zlib
 release the GIL while they compress), and the compressed chunks are written in chunk order by the
-writer's own thread, the only one that touches HDF5. The bytes are the filters' own (the same
-pipeline, deterministic), and every reader decodes them as it decodes h5py's; a box that does not
-cover whole chunks, or a dataset with other filters, is written by h5py as before.
+writer's own thread. h5py serializes every call into the HDF5 library (not thread-safe) with one
+lock, its `phil` (H5Dread and H5Dwrite run without the GIL, holding it), except `write_direct_chunk`,
+which takes none: so a chunk write could run inside HDF5 while the reader thread reads the input or
+the sync thread flushes the output. One whole-process bench run of a 256^3 x2 .h5 output failed with
+HDF5's "ring type mismatch occurred for cache entry" (not reproduced since, in 6 runs and a stress
+loop); whatever its cause, the chunk write is now made holding `phil`, as every other call is. The
+bytes are the filters' own (the same pipeline, deterministic), and every reader decodes them as it
+decodes h5py's; a box that does not cover whole chunks, or a dataset with other filters, is written
+by h5py as before.
 """
 
 from __future__ import annotations
@@ -74,7 +80,8 @@ class ChunkEncoder:
         corners = list(itertools.product(*starts))
         blocks = (self._block(data, corner, origin) for corner in corners)
         for corner, encoded in zip(corners, self.pool.map(self.encode, blocks)):
-            ds.id.write_direct_chunk(corner, encoded, filter_mask=0)
+            with _phil():
+                ds.id.write_direct_chunk(corner, encoded, filter_mask=0)
 
     def _block(self, data: np.ndarray, corner: tuple[int, ...], origin: list[int]) -> np.ndarray:
         """The chunk at `corner`, full size (an edge chunk is padded with zeros, which no reader sees)."""
@@ -88,6 +95,13 @@ class ChunkEncoder:
 
     def close(self) -> None:
         self.pool.shutdown(wait=True)
+
+
+def _phil() -> Any:
+    """h5py's lock around the HDF5 library (see the module's docstring)."""
+    from h5py._objects import phil
+
+    return phil
 
 
 def _filter_names(ds: Any) -> list[str]:

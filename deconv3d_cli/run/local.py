@@ -123,17 +123,13 @@ class Pipeline:
             self.skipped = frozenset(target.done) if resumed else frozenset()
             todo = (t for t in job.plan.tiles() if t.index not in self.skipped)
             kept = sum(t.voxels for t in job.plan.tiles() if t.index in self.skipped)
-            with progress.bar(job, job.options.progress, initial=kept) as bar, STOP.listening():
-                self._stages(todo, bar)
-            committing = time.perf_counter()
-            self._checkpoint()
-            job.timings.update(getattr(self.writer, "timings", {}))  # e.g. a .nii.gz writer's compression
-            self.writer.close()
-            complete = getattr(self.writer, "complete", True)  # a streaming writer knows if every byte came
-            self.writer = None
-            if not complete:
-                raise RunError("the output is missing voxels after every tile was written", source=str(job.output))
-            target.commit()
+            with progress.bar(job, job.options.progress, initial=kept) as bar:
+                with STOP.listening():
+                    self._stages(todo, bar)
+                # the last flush, compression and rename can take seconds: the bar says so meanwhile
+                bar.set_postfix_str("finishing: last writes, compression, commit")
+                committing = time.perf_counter()
+                self._finish(target)
         except Interrupted as stopped:
             self._keep(target)
             stopped.kept, stopped.total, stopped.target = len(target.done), len(job.plan), job.output
@@ -150,6 +146,18 @@ class Pipeline:
         job.timings.update(compute=self.busy["compute"], write=self.busy["write"], commit=now - committing)
         job.timings["run"] = now - computing
         return self._result(decision, now - started)
+
+    def _finish(self, target: OutputTarget) -> None:
+        """Every tile is in: make it durable, close the writer (a .nii.gz writer compresses its last
+        members here), check that every voxel arrived, and rename the partial over the target."""
+        self._checkpoint()
+        self.job.timings.update(getattr(self.writer, "timings", {}))  # e.g. a .nii.gz writer's compression
+        self.writer.close()
+        complete = getattr(self.writer, "complete", True)  # a streaming writer knows if every byte came
+        self.writer = None
+        if not complete:
+            raise RunError("the output is missing voxels after every tile was written", source=str(self.job.output))
+        target.commit()
 
     def _open_writer(self, target: OutputTarget, resumed: bool) -> tuple[Any, bool]:
         """The writer on the partial; a partial that cannot be reopened is started over (noted)."""
