@@ -251,7 +251,8 @@ def test_the_quick_exit_runs_atexit_handlers_flushes_stdout_and_keeps_the_bytes(
         "import atexit, sys; from pathlib import Path\n"
         f"atexit.register(lambda: Path({str(marker)!r}).write_text('yes'))\n"
         "from deconv3d_cli.cli import main\n"
-        "main(sys.argv[1:])\n"
+        "sys.argv[0] = 'deconv3d'\n"
+        "main()\n"
     )
     args = ["upsample", str(volume), "-o", str(tmp_path / "quick.npy"), "--spec", str(layer), "--json"]
     env = {**os.environ, "TQDM_DISABLE": "1"}
@@ -264,3 +265,13 @@ def test_the_quick_exit_runs_atexit_handlers_flushes_stdout_and_keeps_the_bytes(
     assert (tmp_path / "quick.npy").read_bytes() == (tmp_path / "slow.npy").read_bytes()
     failed = run("upsample", volume, "-o", tmp_path / "quick.npy", "--spec", layer, "--json")  # exists: exit 2
     assert failed.returncode == 2 and "exists" in one_json(failed)["error"]
+
+
+def test_a_caller_that_passes_arguments_keeps_its_process(tmp_path, layer, volume):
+    """The quick exit is for the program alone: Click's runner (or any caller passing arguments) with
+    torch loaded gets an exit code back and its process goes on."""
+    import torch  # noqa: F401 - loaded, as after any run in this process
+
+    res = CliRunner().invoke(main, ["upsample", str(volume), "-o", str(tmp_path / "o.npy"), "--spec", str(layer)])
+    assert res.exit_code == 0, res.output
+    assert np.load(tmp_path / "o.npy").shape[:3] == (16, 18, 20)

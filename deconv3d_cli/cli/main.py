@@ -45,7 +45,9 @@ def _exit(code: int) -> None:
     `.nii` job and paid again by every file of a shell loop. Everything a run writes is made durable
     and closed before the command returns; what remains is done here: the atexit handlers (temporary
     folders, h5py, logging, Dask) and the flush of stdout and stderr. When a non-daemon thread is still
-    alive, or torch was never loaded (`--help`, `inspect`), the ordinary exit runs instead.
+    alive, or torch was never loaded (`--help`, `inspect`), the ordinary exit runs instead; and only a
+    process run as the program (`main()` reading sys.argv) gets here, never a caller that passed
+    arguments (Click's CliRunner, a test, a script driving the CLI), whose process goes on.
     """
     import atexit
     import os
@@ -93,7 +95,9 @@ class Deconv3dGroup(click.Group):
         code = 0 if code is None else int(code)
         if not standalone_mode:
             return code
-        _exit(code)
+        if args is None:  # the program itself (console script, python -m): its process ends here
+            _exit(code)
+        sys.exit(code)  # called with arguments (Click's test runner, a caller's script): never os._exit
 
     def invoke(self, ctx: click.Context) -> Any:
         from ..run.stop import Interrupted
