@@ -71,25 +71,22 @@ def key(engine: Engine, shape: Sequence[int]) -> dict[str, Any]:
 
 
 def eligible(engine: Engine) -> list[str]:
-    """The formulations `auto` may choose: where oneDNN is available, those whose bytes do not depend
-    on the thread count.
+    """The formulations `auto` may choose: where oneDNN is available, only those that always run in it.
 
     torch sends a convolution to oneDNN or to its generic im2col + GEMM code by the slab's shape, and
     the generic GEMM splits its sums across threads: the same tile then differs in the last bit between
-    a process with two threads and a Dask worker with one (seen for 2 -> 3 channels, k 1x1x2). oneDNN's
-    forward convolution, which the `phase_dnn` formulations call whatever the shape, gave the same bytes
-    at 1 and 2 threads in every one of about 4,000 random layers and slabs; its transposed convolution
-    (`transpose_dnn`) did not in 22 of about 4,000 (small outputs, 36 to 20,160 elements: it picks
-    its kernel by the thread count). So `auto` chooses among phase_dnn, phase_dnn_cl and separable;
-    one recorded choice then gives the same bytes in any process (tests/test_determinism.py). A layer
-    they cannot express (dilation > 1) falls back to the other oneDNN formulations, and without oneDNN
-    (fp64, CUDA, builds without it) every formulation is eligible: on the CPU, bytes then match only
-    at the same thread count.
+    a process with two threads and a Dask worker with one (seen for 2 -> 3 channels, k 1x1x2). The
+    `*_dnn` formulations call oneDNN whatever the shape, so at a given thread count one recorded
+    choice gives the same bytes in every process. Across thread counts, oneDNN's forward convolution
+    (`phase_dnn*`) gave the same bytes at 1 and 2 threads in every one of about 12,000 random layers
+    and slabs; its transposed convolution (`transpose_dnn*`) differed in the last bit in about 1 in
+    300, outputs of 36 to 481,740 elements (it picks kernels by the thread count). Keeping only the
+    phase formulations would make every cluster run thread-invariant but costs 4-7x on layers with
+    kernel <= stride (1->8 k3 s3 96^3: 1224 ms against 377), so they stay eligible, and a cluster
+    run that must match a single process bit for bit is given the same `--threads`. Without oneDNN
+    (fp64, CUDA, builds without it) every formulation is eligible.
     """
     offered = list(engine.available_paths())
-    invariant = [p for p in offered if p in paths.THREAD_INVARIANT_PATHS or p == SEPARABLE]
-    if any(p in paths.THREAD_INVARIANT_PATHS for p in invariant):
-        return invariant
     pinned = [p for p in offered if p in paths.DNN_PATHS or p == SEPARABLE]
     return pinned if any(p in paths.DNN_PATHS for p in pinned) else offered
 
@@ -105,7 +102,7 @@ def rule(engine: Engine, shape: Sequence[int]) -> str:
     offered = eligible(engine)
     family = "phase" if all(k <= st for k, st in zip(s.kernel_size, s.strides)) else "transpose"
     cl = "_cl" if engine.channels_last_out else ""
-    for name in (f"{family}_dnn{cl}", f"phase_dnn{cl}", f"{family}{cl}", family, "transpose_dnn", "transpose"):
+    for name in (f"{family}_dnn{cl}", f"{family}{cl}", family, "transpose_dnn", "transpose"):
         if name in offered:
             return name
     return offered[0]

@@ -37,8 +37,6 @@ PATHS = (
     "phase_dnn_cl",
 )
 DNN_PATHS = tuple(p for p in PATHS if "_dnn" in p)
-# oneDNN's forward convolution: bytes independent of the thread count (engine/choice.py's eligible)
-THREAD_INVARIANT_PATHS = ("phase_dnn", "phase_dnn_cl")
 COPY_PIECE = 1 << 20  # elements per piece of the phase shuffle's copies (workers.py)
 ONEDNN_MIN_ROWS = 20480  # torch's threshold on N*C*D*H (aten/src/ATen/native/Convolution.cpp, use_mkldnn)
 

@@ -39,7 +39,7 @@ from ..errors import warn_once
 
 # 2: formulations run in pieces on the engine's own threads (workers.py) and are timed that way, so the
 # decisions timed before (whole slabs on torch's pool) are not followed; they stay on disk, unused.
-# 3: `auto` chooses among the thread-invariant formulations only (phase_dnn*, separable; choice.py).
+# 3: entries recorded while `auto` briefly offered the phase formulations alone are not followed.
 VERSION = 3
 ENV_OFF = "DECONV3D_TUNING"
 ENV_DIR = "DECONV3D_TUNING_DIR"
