@@ -17,7 +17,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from itertools import product
 from typing import Any
 
@@ -221,6 +221,18 @@ def phase_window(
     y = _phase_conv(x, pweight, bias, s, cl, rows, dnn)
     phases = y.view(n, filters, s[0], s[1], s[2], *y.shape[2:])
     copies: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for r, src, dst in _phase_slices(s, offsets, sizes, rows):
+        index: tuple[Any, ...] = (slice(None), slice(None), *r, *src)
+        target: tuple[Any, ...] = (slice(None), slice(None), *dst)
+        copies.append((out[target], phases[index]))
+    _copy_all(copies, x.device)
+    return out
+
+
+def _phase_slices(
+    s: Sequence[int], offsets: Sequence[int], sizes: Sequence[int], rows: Sequence[tuple[int, int]]
+) -> Iterator[tuple[tuple[int, ...], list[slice], list[slice]]]:
+    """For each phase r that lands in the window: its conv rows (src) and the tile's strided slice (dst)."""
     for r in product(*(range(ss) for ss in s)):
         src, dst = [], []
         for a in range(3):
@@ -232,11 +244,7 @@ def phase_window(
             src.append(slice(q0 - rows[a][0], q0 - rows[a][0] + count))
             dst.append(slice(o0, o0 + (count - 1) * s[a] + 1, s[a]))
         else:
-            index: tuple[Any, ...] = (slice(None), slice(None), *r, *src)
-            target: tuple[Any, ...] = (slice(None), slice(None), *dst)
-            copies.append((out[target], phases[index]))
-    _copy_all(copies, x.device)
-    return out
+            yield r, src, dst
 
 
 def _copy_all(copies: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device) -> None:

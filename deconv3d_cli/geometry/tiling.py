@@ -211,23 +211,7 @@ def make_plan(
         order=tuple(order),
     )  # fmt: skip
     if tile_shape is not None:
-        shape = [min(int(t), n) for t, n in zip(tile_shape, out)]
-        if any(t < 1 for t in shape):
-            raise PlanError(f"tile {list(tile_shape)} must be positive on every axis", "tile")
-        if full_width and shape[2] != out[2]:
-            raise PlanError(
-                f"softmax over channels_first acts on the width axis, so tiles must span all {out[2]} "
-                f"voxels of it; got tile width {shape[2]}",
-                "tile",
-            )
-        plan = Plan(tile_shape=tuple(shape), batch_step=1 if batch > 1 else batch, **base)  # type: ignore[arg-type]
-        if plan.tile_bytes() > memory_limit:
-            raise PlanError(
-                f"tile {shape} needs about {format_bytes(plan.tile_bytes())}, over the memory limit of "
-                f"{format_bytes(memory_limit)}; use a smaller --tile or a larger --memory-limit",
-                "tile",
-            )
-        return plan
+        return _given_plan(base, batch, out, tile_shape, memory_limit, full_width)
     strides = [ax.stride for ax in axes]
     order = tuple(order)
     if chunks is not None:
@@ -239,6 +223,29 @@ def make_plan(
         except PlanError:
             pass
     return _auto_plan(base, batch, out, strides, memory_limit, full_width, slabs, order)
+
+
+def _given_plan(
+    base: dict, batch: int, out: list[int], tile_shape: Sequence[int], memory_limit: int, full_width: bool
+) -> Plan:
+    """The plan of a tile shape given by hand (`--tile`), checked against the output and the budget."""
+    shape = [min(int(t), n) for t, n in zip(tile_shape, out)]
+    if any(t < 1 for t in shape):
+        raise PlanError(f"tile {list(tile_shape)} must be positive on every axis", "tile")
+    if full_width and shape[2] != out[2]:
+        raise PlanError(
+            f"softmax over channels_first acts on the width axis, so tiles must span all {out[2]} "
+            f"voxels of it; got tile width {shape[2]}",
+            "tile",
+        )
+    plan = Plan(tile_shape=tuple(shape), batch_step=1 if batch > 1 else batch, **base)  # type: ignore[arg-type]
+    if plan.tile_bytes() > memory_limit:
+        raise PlanError(
+            f"tile {shape} needs about {format_bytes(plan.tile_bytes())}, over the memory limit of "
+            f"{format_bytes(memory_limit)}; use a smaller --tile or a larger --memory-limit",
+            "tile",
+        )
+    return plan
 
 
 def _slab_depth(base: dict, batch: int, out: list[int], unit: int, slow: int) -> int:
