@@ -171,6 +171,21 @@ def list_layers(source: os.PathLike | str, **options: Any) -> tuple[str, list[Ca
         return keras.list_layers(Path(source), kind, config=options.get("config"))
 
 
+def _refuse_torch_settings(
+    source: Path, torch_options: Mapping[str, Any] | None, sidecar: Any, activation: Any, data_format: Any
+) -> None:
+    """A Keras source carries its own hyperparameters: the PyTorch-only settings are refused, naming the flag."""
+    given = {k: v for k, v in (torch_options or {}).items() if v is not None}
+    if given or sidecar is not None:
+        flag = "--sidecar" if sidecar is not None else "--" + next(iter(given)).replace("_", "-")
+        raise SpecError(
+            f"{flag} is for PyTorch sources; a Keras file carries its own hyperparameters", source=str(source)
+        )
+    if activation is not None or data_format is not None:
+        flag = "--activation" if activation is not None else "--data-format"
+        raise SpecError(f"{flag} is for PyTorch sources; a Keras layer carries its own", source=str(source))
+
+
 def import_layer(
     source: os.PathLike | str,
     layer: str | None = None,
@@ -210,15 +225,7 @@ def import_layer(
             data_format=data_format,
         )
     _refuse_npz(kind, source)
-    given = {k: v for k, v in (torch_options or {}).items() if v is not None}
-    if given or sidecar is not None:
-        flag = "--sidecar" if sidecar is not None else "--" + next(iter(given)).replace("_", "-")
-        raise SpecError(
-            f"{flag} is for PyTorch sources; a Keras file carries its own hyperparameters", source=str(source)
-        )
-    if activation is not None or data_format is not None:
-        flag = "--activation" if activation is not None else "--data-format"
-        raise SpecError(f"{flag} is for PyTorch sources; a Keras layer carries its own", source=str(source))
+    _refuse_torch_settings(source, torch_options, sidecar, activation, data_format)
     if keras2_dilation not in ("keep", "drop"):
         raise SpecError(f"{keras2_dilation!r}; use 'keep' or 'drop'", param="keras2_dilation")
     from . import keras

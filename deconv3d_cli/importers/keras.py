@@ -238,6 +238,27 @@ def list_layers(path: Path, kind: str, config: Any = None) -> tuple[str, list[Ca
         return source.description, [Candidate(layer.name, layer.summary()) for layer in source.layers]
 
 
+def _keras2_dilation(cfg: dict[str, Any], name: str, version: str | None, keras2_dilation: str) -> list[str]:
+    """tf.keras 2 never applied a Conv3DTranspose's dilation_rate: keep it (as Keras 3 applies it) or
+    drop it from `cfg` ('drop'), with a warning saying which."""
+    dilation = cfg.get("dilation_rate")
+    if not (version and version.startswith("2.")) or dilation in (None, 1, [1], [1, 1, 1], (1, 1, 1)):
+        return []
+    action = (
+        "dropped it (dilation_rate: 1), which reproduces the trained model"
+        if keras2_dilation == "drop"
+        else "kept it in the spec, where it IS applied (as Keras 3 does); re-import with "
+        "--keras2-dilation drop to reproduce what the trained model computed"
+    )
+    if keras2_dilation == "drop":
+        cfg["dilation_rate"] = 1
+    return [
+        f"layer {name!r} sets dilation_rate {dilation} in a tf.keras {version} file, "
+        f"but tf.keras 2 ignores dilation_rate for Conv3DTranspose: the trained layer ran without it. "
+        f"Imported: {action}"
+    ]
+
+
 def import_layer(
     path: Path,
     kind: str,
@@ -256,22 +277,7 @@ def import_layer(
         chosen = choose(candidates, wanted, src, KIND)
         layer = next(la for la in source.layers if la.name == chosen.name)
         cfg = dict(layer.config)
-        keras2 = bool(source.version and source.version.startswith("2."))
-        dilation = cfg.get("dilation_rate")
-        if keras2 and dilation not in (None, 1, [1], [1, 1, 1], (1, 1, 1)):
-            action = (
-                "dropped it (dilation_rate: 1), which reproduces the trained model"
-                if keras2_dilation == "drop"
-                else "kept it in the spec, where it IS applied (as Keras 3 does); re-import with "
-                "--keras2-dilation drop to reproduce what the trained model computed"
-            )
-            warnings.append(
-                f"layer {layer.name!r} sets dilation_rate {dilation} in a tf.keras {source.version} file, "
-                f"but tf.keras 2 ignores dilation_rate for Conv3DTranspose: the trained layer ran without it. "
-                f"Imported: {action}"
-            )
-            if keras2_dilation == "drop":
-                cfg["dilation_rate"] = 1
+        warnings.extend(_keras2_dilation(cfg, layer.name, source.version, keras2_dilation))
         policy = _dtype_policy(cfg.get("dtype"))
         if policy not in (None, "float32"):
             warnings.append(
