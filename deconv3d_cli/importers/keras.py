@@ -239,24 +239,18 @@ def list_layers(path: Path, kind: str, config: Any = None) -> tuple[str, list[Ca
 
 
 def _keras2_dilation(cfg: dict[str, Any], name: str, version: str | None, keras2_dilation: str) -> list[str]:
-    """tf.keras 2 never applied a Conv3DTranspose's dilation_rate: keep it (as Keras 3 applies it) or
-    drop it from `cfg` ('drop'), with a warning saying which."""
+    """tf.keras 2 never applied Conv3DTranspose's dilation_rate: keep it or drop it from `cfg`, warning which."""
     dilation = cfg.get("dilation_rate")
     if not (version and version.startswith("2.")) or dilation in (None, 1, [1], [1, 1, 1], (1, 1, 1)):
         return []
-    action = (
-        "dropped it (dilation_rate: 1), which reproduces the trained model"
-        if keras2_dilation == "drop"
-        else "kept it in the spec, where it IS applied (as Keras 3 does); re-import with "
-        "--keras2-dilation drop to reproduce what the trained model computed"
-    )
     if keras2_dilation == "drop":
         cfg["dilation_rate"] = 1
-    return [
-        f"layer {name!r} sets dilation_rate {dilation} in a tf.keras {version} file, "
-        f"but tf.keras 2 ignores dilation_rate for Conv3DTranspose: the trained layer ran without it. "
-        f"Imported: {action}"
-    ]
+        action = "dropped it (dilation_rate: 1), which reproduces the trained model"
+    else:
+        action = ("kept it in the spec, where it IS applied (as Keras 3 does); re-import with "
+                  "--keras2-dilation drop to reproduce what the trained model computed")  # fmt: skip
+    return [f"layer {name!r} sets dilation_rate {dilation} in a tf.keras {version} file, but tf.keras 2 ignores "
+            f"dilation_rate for Conv3DTranspose: the trained layer ran without it. Imported: {action}"]  # fmt: skip
 
 
 def import_layer(
