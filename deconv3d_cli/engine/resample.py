@@ -28,7 +28,7 @@ from ..geometry import boundary as bnd
 from ..geometry.grid import Grid
 from ..geometry.resample_axis import ResampleAxis
 from ..layer.resample import ResampleSpec
-from . import allocator, workers
+from . import allocator, memory, workers
 from .core import resolve_device, resolve_precision
 
 PATH = "resample"
@@ -114,7 +114,7 @@ class Resampler:
             lo, hi = ax.footprint(0, ax.out)
             maps.append(bnd.source_rows(lo, hi, 0, ax.length, self.spec.boundary))
         with torch.inference_mode():
-            y = t.reshape(n * c, *t.shape[2:]).contiguous()
+            y = t.reshape(n * c, *t.shape[2:])
             return self._run(y, spans, maps).reshape(n, c, *self.out_shape)
 
     def to_tensor(self, slab: Any) -> torch.Tensor:
@@ -145,33 +145,45 @@ class Resampler:
             need_lo, need_hi = ax.footprint(start, stop)
             have_lo = r.lo - ax.pad_lo
             pads += [have_lo - need_lo, need_hi - (have_lo + r.size)]
+        order = spatial_order(y)
         if not any(pads):
-            return y.contiguous()
+            return y if y.permute(0, *(1 + a for a in order)).is_contiguous() else y.contiguous()
         lo = [pads[2 * a] for a in range(3)]
         shape = [y.shape[0]] + [y.shape[a + 1] + pads[2 * a] + pads[2 * a + 1] for a in range(3)]
-        out = torch.zeros(shape, dtype=y.dtype, device=y.device)
+        out = memory.empty(shape, (0, *(1 + a for a in order)), y).zero_()  # in the slab's memory order
         inner: tuple[Any, ...] = (slice(None), *(slice(lo[a], lo[a] + y.shape[a + 1]) for a in range(3)))
         out[inner] = y
         return out
 
     def _run(self, y: torch.Tensor, spans: list[tuple[int, int]], maps: list[np.ndarray | None]) -> torch.Tensor:
-        """(B, d, h, w) rows -> the tile. Along axis a, local row j is footprint row lo + j, or row maps[a][j]."""
+        """(B, d, h, w) rows -> the tile. Along axis a, local row j is footprint row lo + j, or row maps[a][j].
+
+        The passes work on `y`'s own memory order (`spatial_order`; a NIfTI slab is x fastest) and the
+        tile comes out in it, so it reaches the file with no transposing copy. Every pass is the same
+        arithmetic on the same rows in either order, so the bytes do not depend on it.
+        """
+        order = spatial_order(y)
+        y = y.permute(0, *(1 + a for a in order))  # contiguous: its axis 1 + i is spatial axis order[i]
+        dim = {a: 1 + order.index(a) for a in range(3)}
         for a in (2, 1, 0) if self.stages else ():  # prefilter (B-spline only), innermost axis first
             rows_of = maps[a]
             if rows_of is not None:  # extend this axis now (whole volumes only)
-                view = _axis_view(y, a + 1)
+                view = _axis_view(y, dim[a])
                 ext = torch.empty((view.shape[0], len(rows_of), view.shape[2]), dtype=y.dtype, device=y.device)
                 _gather(view, torch.from_numpy(rows_of).to(y.device), ext)
                 shape = list(y.shape)
-                shape[a + 1] = len(rows_of)
+                shape[dim[a]] = len(rows_of)
                 y, maps[a] = ext.view(shape), None
-            y = _prefilter(y, a + 1, self.stages, self.chunk)
+            y = _prefilter(y, dim[a], self.stages, self.chunk)
         for a in self.order:
-            y = self._interpolate(y, a, *spans[a], maps[a])
-        return y
+            y = self._interpolate(y, a, dim[a], *spans[a], maps[a])
+        return y.permute(0, *(1 + order.index(a) for a in range(3)))
 
-    def _interpolate(self, y: torch.Tensor, a: int, start: int, stop: int, rows: np.ndarray | None) -> torch.Tensor:
-        """Axis `a` of (B, d, h, w) `y` (rows from the first tap's, or looked up in `rows`): outputs [start, stop)."""
+    def _interpolate(
+        self, y: torch.Tensor, a: int, dim: int, start: int, stop: int, rows: np.ndarray | None
+    ) -> torch.Tensor:
+        """Axis `a` of the grid, dimension `dim` of `y` (rows from the first tap's, or looked up in `rows`):
+        outputs [start, stop)."""
         ax = self.axes[a]
         first, t = ax.positions(start, stop)
         local = first - (ax.footprint(start, stop)[0] + ax.margin)
@@ -182,8 +194,8 @@ class Resampler:
         index = [local + k if rows is None else rows[local + k] for k in range(weights.shape[1])]
         idx = [torch.from_numpy(np.ascontiguousarray(i)).to(self.device) for i in index]
         sizes = list(y.shape)
-        sizes[a + 1] = stop - start
-        return _accumulate(_axis_view(y, a + 1), idx, w, self.chunk).view(sizes)
+        sizes[dim] = stop - start
+        return _accumulate(_axis_view(y, dim), idx, w, self.chunk).view(sizes)
 
 
 def pass_order(axes: Sequence[ResampleAxis]) -> tuple[int, ...]:
@@ -289,3 +301,12 @@ def _stage(y: torch.Tensor, dim: int, shift: int, weight: float) -> torch.Tensor
         return out.add_(y.narrow(dim, s, n))
     out = torch.mul(y.narrow(dim, s, n), weight)  # anticausal: row i is input row i
     return out.add_(y.narrow(dim, 0, n))
+
+
+def spatial_order(y: torch.Tensor) -> tuple[int, ...]:
+    """The spatial axes (0-2) of a (B, d, h, w) tensor, slowest in memory first, when it is contiguous
+    in that order with B slowest (a NIfTI slab: (2, 1, 0)); C order, (0, 1, 2), otherwise."""
+    axes = memory.order(y)
+    if axes is None or (y.shape[0] > 1 and axes[0] != 0):
+        return (0, 1, 2)
+    return tuple(a - 1 for a in axes if a != 0)

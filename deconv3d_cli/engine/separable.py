@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from . import workers
+from . import memory, workers
 
 RANK1_RTOL = 1e-6
 
@@ -65,11 +65,21 @@ def tile(
     offsets: Sequence[int],
     sizes: Sequence[int],
 ) -> torch.Tensor:
-    """Full-output positions [offset, offset + size) per axis of the slab `x` (N, C, D, H, W), no bias."""
+    """Full-output positions [offset, offset + size) per axis of the slab `x` (N, C, D, H, W), no bias.
+
+    The output keeps the slab's memory order (memory.py): a NIfTI slab arrives x fastest, as the file
+    holds it, and its tile then goes to the file with no transposing copy (512 MiB of trilinear x2
+    output took 0.45 s more to arrange than to write). The passes run in the same axis order whatever
+    the memory order, so the bytes do not depend on it.
+    """
     n, c = x.shape[:2]
-    y = x.reshape(n * c, *x.shape[2:]) if x.is_contiguous() else x.contiguous().reshape(n * c, *x.shape[2:])
-    for axis in (2, 1, 0):  # innermost first: the strided (interleaving) writes happen on the smallest array
-        y = _axis(y, axis + 1, taps[axis], strides[axis], offsets[axis], sizes[axis])
+    spatial = memory.order(x[0, 0]) if n * c else None
+    if spatial is None or (n * c > 1 and x.stride(1) < x[0, 0].numel()):
+        x, spatial = x.contiguous(), (0, 1, 2)
+    y = x.reshape(n * c, *x.shape[2:])
+    axes = (0, *(1 + a for a in spatial))
+    for axis in (2, 1, 0):  # width first: in C order the interleaving writes happen on the smallest array
+        y = _axis(y, axis + 1, taps[axis], strides[axis], offsets[axis], sizes[axis], axes)
     return y.reshape(n, c, *y.shape[1:])
 
 
@@ -78,7 +88,9 @@ def tile(
 PIECE = 1 << 20
 
 
-def _axis(y: torch.Tensor, a: int, taps: np.ndarray, s: int, offset: int, size: int) -> torch.Tensor:
+def _axis(
+    y: torch.Tensor, a: int, taps: np.ndarray, s: int, offset: int, size: int, axes: Sequence[int] = (0, 1, 2, 3)
+) -> torch.Tensor:
     """The 1-D transposed convolution of `y` along axis `a`, positions [offset, offset + size).
 
     The pass is cut across another axis (`b`) into pieces for the engine's threads: each output
@@ -86,7 +98,7 @@ def _axis(y: torch.Tensor, a: int, taps: np.ndarray, s: int, offset: int, size: 
     """
     shape = list(y.shape)
     shape[a] = size
-    out = torch.empty(shape, dtype=y.dtype, device=y.device)
+    out = memory.empty(shape, axes, y)  # laid out like the slab
     b = max((i for i in range(y.ndim) if i != a), key=lambda i: (y.shape[i], -i))
     count = -(-out.numel() // PIECE) if y.device.type == "cpu" else 1
     pieces = [

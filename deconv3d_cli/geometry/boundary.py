@@ -45,7 +45,11 @@ def read_slab(read: Any, layout: Layout, src: Sequence[slice], batch: slice, axe
     maps = [source_rows(s.start, s.stop, ax.pad_lo, ax.length, mode) for s, ax in zip(src, axes)]
     box = [slice(int(m.min()), int(m.max()) + 1) if len(m) else slice(0, 0) for m in maps]
     data = read(layout.region(box, batch))
+    # The gather keeps the slab's memory order (np.take alone returns C order): a NIfTI slab stays x
+    # fastest, so its output tile can go to the file without a transposing copy (engine/separable.py).
+    order = sorted(range(data.ndim), key=lambda i: (-data.strides[i], i))
+    view = data.transpose(order)
     for a, (m, b) in enumerate(zip(maps, box)):
         if len(m) and not np.array_equal(m, np.arange(b.start, b.stop)):
-            data = np.take(data, m - b.start, axis=layout.spatial_axes[a])
-    return data
+            view = np.take(view, m - b.start, axis=order.index(layout.spatial_axes[a]))
+    return view.transpose(np.argsort(order))

@@ -73,14 +73,40 @@ class Pool:
         for _ in range(count):
             self.free.put(make(nbytes) if make else np.empty(max(nbytes, 1), np.uint8))
 
-    def view(self, buf: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, phase: int | None = None) -> np.ndarray:
+    def view(
+        self,
+        buf: np.ndarray,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        phase: int | None = None,
+        axes: tuple[int, ...] | None = None,
+    ) -> np.ndarray:
         """A `shape` array in `buf`, starting `phase` bytes past a page boundary when a phase is given.
 
         A writer that sends tiles to disk directly (io/direct.py) wants the data aligned in memory like
-        its place in the file; then the disk reads the tile's own pages and nothing is copied.
+        its place in the file; then the disk reads the tile's own pages and nothing is copied. `axes`:
+        the array's axes slowest in memory first (C order when None).
         """
         start = 0 if phase is None else (phase - buf.ctypes.data) % ALIGN
-        return buf[start : start + int(np.prod(shape)) * dtype.itemsize].view(dtype).reshape(shape)
+        flat = buf[start : start + int(np.prod(shape)) * dtype.itemsize].view(dtype)
+        if axes is None:
+            return flat.reshape(shape)
+        return flat.reshape([shape[i] for i in axes]).transpose(np.argsort(axes))
+
+
+def _memory_axes(writer: Any, y: Any, presented: Any) -> tuple[int, ...] | None:
+    """The memory order of the tile `y` when the writer's file order (`file_axes`, NIfTI's) is that of
+    `presented`, the tile as the writer takes it (y without its length-1 batch or channel axes).
+
+    A host array laid out like `y` is then a plain copy of it and the writer takes it as it is, instead
+    of a copy into C order followed by a transposing one into the file's order.
+    """
+    axes = getattr(writer, "file_axes", None)
+    if axes is None or len(axes) != presented.ndim or not presented.permute(tuple(axes)).is_contiguous():
+        return None
+    from ..engine import memory
+
+    return memory.order(y)
 
 
 class Pipeline:
@@ -247,9 +273,11 @@ class Pipeline:
         phase_of = getattr(self.writer, "phase", None)
         index_of: list[tuple[slice, ...]] = []
 
-        def recycled(shape: tuple[int, ...]) -> np.ndarray:
+        def recycled(shape: tuple[int, ...], y: Any) -> np.ndarray:
             held.append(_get(pool.free, self.stop))
-            return pool.view(held[-1], shape, job.out_dtype, phase_of(index_of[0]) if phase_of else None)
+            phase = phase_of(index_of[0]) if phase_of else None
+            axes = _memory_axes(self.writer, y, job.in_layout.squeeze_ncdhw(y, job.filters))
+            return pool.view(held[-1], shape, job.out_dtype, phase, axes)
 
         self.pool = pool
         while True:

@@ -89,14 +89,15 @@ def compute_tile(
     engine: Any,
     slab: Any,
     tile: Tile,
-    alloc: Callable[[tuple[int, ...]], np.ndarray] | None = None,
+    alloc: Callable[[tuple[int, ...], Any], np.ndarray] | None = None,
     activity: ActivityAccumulator | None = None,
     transfers: Any = None,
 ) -> tuple[np.ndarray, Counts]:
     """The output tile in the stored dtype and axis order, and what storing it changed.
 
-    `alloc(shape)` gives the host array to fill (the local runner's recycled buffers); a fresh one by
-    default. `activity` accumulates the spec's activity_regularizer over the computed tiles.
+    `alloc(shape, y)` gives the host array to fill for the tile `y` (the local runner's recycled
+    buffers, laid out like `y` when that is the writer's file order); a fresh C-ordered one by default.
+    `activity` accumulates the spec's activity_regularizer over the computed tiles.
     """
     filters = job.filters
     y = engine.compute_tile(slab, tile).permute(job.in_layout.ncdhw_order(filters))
@@ -104,7 +105,7 @@ def compute_tile(
         activity.add(y)
     # One compact array in the stored order (torch's copy is multi-threaded); the slab's uncropped
     # output is freed when this returns, before the next tile.
-    host = np.empty(tuple(y.shape), job.out_dtype) if alloc is None else alloc(tuple(y.shape))
+    host = np.empty(tuple(y.shape), job.out_dtype) if alloc is None else alloc(tuple(y.shape), y)
     counts = store(y, host, transfers, job.out_scaling)
     return job.in_layout.squeeze_ncdhw(host, filters), counts
 
