@@ -208,6 +208,8 @@ def main() -> None:
     wanted = set(args.rows.split(","))
     doc: dict = {"machine": machine_line(), "load": args.load, "rows": []}
     print(doc["machine"])
+    if args.workdir is not None:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=args.workdir) as tmp:
         folder = Path(tmp)
         rows = []
