@@ -234,3 +234,22 @@ def test_deferred_downloads_are_waited_for_by_the_array_they_fill(tmp_path, monk
     report = pipeline.run_job(spec, tmp_path / "in.npy", tmp_path / "out.npy", Options(progress=False))
     assert report["tiles"] > 1 and made and not made[0].pending
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), run_array(spec, x), rtol=1e-5, atol=1e-5)
+
+
+def test_presets_plan_tiles_within_their_own_budget_unless_a_tile_needs_more(tmp_path):
+    """Presets are memory-bound: their tiles stay within PRESET_TILE_LIMIT of a larger budget (same speed,
+    lower peak); a tile the user asks for that needs more still gets the user's budget."""
+    from deconv3d_cli.geometry.sizes import MIB, PRESET_TILE_LIMIT
+    from deconv3d_cli.layer.presets import Preset
+
+    np.save(tmp_path / "in.npy", np.zeros((160, 160, 160), np.float32))
+    preset = Preset("trilinear", (2, 2, 2))
+    spec = random_spec(np.random.default_rng(3), 1, filters=1, kernel_size=4, strides=2, padding="same")
+    for layer, most in ((preset, PRESET_TILE_LIMIT), (spec, 1024 * MIB)):
+        job = prepare(layer, tmp_path / "in.npy", tmp_path / "o.npy", Options(memory_limit=1024 * MIB))
+        job.close()
+        assert job.plan.tile_bytes() <= most and (layer is preset) == (job.plan.tile_bytes() <= PRESET_TILE_LIMIT)
+    job = prepare(preset, tmp_path / "in.npy", tmp_path / "o.npy",
+                  Options(memory_limit=2048 * MIB, tile=(320, 320, 320)))  # fmt: skip
+    job.close()
+    assert job.plan.tile_bytes() > PRESET_TILE_LIMIT and job.plan.tile_shape == (320, 320, 320)

@@ -22,6 +22,7 @@ from .. import io
 from ..errors import InputError
 from ..geometry import boundary
 from ..geometry.layout import Layout
+from ..geometry.sizes import PRESET_TILE_LIMIT
 from ..geometry.tiling import Costs, Plan, PlanError, make_plan
 from ..io import formats
 from ..io.atomic import check_target, partial_path, same_file
@@ -291,8 +292,15 @@ def _plan(
     if options.write.dtype.lower() == "keep":
         out_dtype, scaling = kept_type(spec, reader, out_facts, out_dtype, notes)
     formats.check_output(out_facts, output_path, out_dtype, options.write.writer_options, options.write.dataset)
-    plan = _make_plan(spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, filters, options,
-                      out_facts)  # fmt: skip
+    args = (spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, filters, options, out_facts)
+    limit = options.compute.memory_limit
+    try:  # a preset: small tiles cost it nothing (PRESET_TILE_LIMIT), unless its smallest tile is larger
+        preset = not isinstance(layer, (LayerSpec, ResampleSpec)) and limit > PRESET_TILE_LIMIT
+        plan = _make_plan(*args, PRESET_TILE_LIMIT if preset else limit)
+    except InputError:
+        if not preset:
+            raise
+        plan = _make_plan(*args, limit)
     meta = io.output_meta(reader.meta, axes) if grid is None else io.placed_meta(reader.meta, grid.affine, grid.spacing)
     job = Job(
         spec, input_path, output_path, reader, layout, out_layout, out_shape, out_dtype, plan, out_facts, in_facts,
@@ -410,9 +418,10 @@ def _make_plan(
     filters: int,
     options: Options,
     facts: FormatFacts,
+    memory_limit: int,
 ) -> Plan:
     """The tile plan: the same rule for every output format (so outputs in different formats hold the
-    same bytes), aligned to the chunks only when the user names them."""
+    same bytes), aligned to the chunks only when the user names them; tiles within `memory_limit`."""
     compute = options.compute
     costs = Costs(
         in_item=reader.dtype.itemsize,
@@ -430,7 +439,7 @@ def _make_plan(
             channels,
             filters,
             spec.kernel_size,
-            memory_limit=compute.memory_limit,
+            memory_limit=memory_limit,
             tile_shape=compute.tile,
             chunks=chunks,
             full_width=spec.mixes_width,
