@@ -22,8 +22,7 @@ from .. import io
 from ..errors import InputError
 from ..geometry import boundary
 from ..geometry.layout import Layout
-from ..geometry.sizes import PRESET_TILE_LIMIT
-from ..geometry.tiling import Costs, Plan, PlanError, make_plan
+from ..geometry.tiling import Plan
 from ..io import formats
 from ..io.atomic import check_target, partial_path, same_file
 from ..io.base import VolumeMeta
@@ -32,6 +31,7 @@ from ..layer import regularizers
 from ..layer.resample import ResampleSpec
 from ..layer.spec import LayerSpec
 from .options import Options
+from .planning import plan_job
 
 # What to compute: a Conv3DTranspose layer, a preset (a factory of the input's channel count), or a
 # resampling to another grid (each channel alone).
@@ -292,15 +292,8 @@ def _plan(
     if options.write.dtype.lower() == "keep":
         out_dtype, scaling = kept_type(spec, reader, out_facts, out_dtype, notes)
     formats.check_output(out_facts, output_path, out_dtype, options.write.writer_options, options.write.dataset)
-    args = (spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, filters, options, out_facts)
-    limit = options.compute.memory_limit
-    try:  # a preset: small tiles cost it nothing (PRESET_TILE_LIMIT), unless its smallest tile is larger
-        preset = not isinstance(layer, (LayerSpec, ResampleSpec)) and limit > PRESET_TILE_LIMIT
-        plan = _make_plan(*args, PRESET_TILE_LIMIT if preset else limit)
-    except InputError:
-        if not preset:
-            raise
-        plan = _make_plan(*args, limit)
+    plan = plan_job(layer, spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, filters, options,
+                    out_facts)  # fmt: skip
     meta = io.output_meta(reader.meta, axes) if grid is None else io.placed_meta(reader.meta, grid.affine, grid.spacing)
     job = Job(
         spec, input_path, output_path, reader, layout, out_layout, out_shape, out_dtype, plan, out_facts, in_facts,
@@ -404,48 +397,3 @@ def _grid(spec: ResampleSpec, spatial: tuple[int, int, int], reader: Any, source
         return spec.grid(spatial, meta.affine, meta.spacing)
     except InputError as exc:
         raise InputError(exc.message, source=str(source), param=exc.param) from None
-
-
-def _make_plan(
-    spec: LayerSpec | ResampleSpec,
-    reader: Any,
-    layout: Layout,
-    out_layout: Layout,
-    out_shape: tuple[int, ...],
-    out_dtype: np.dtype,
-    axes: Any,
-    channels: int,
-    filters: int,
-    options: Options,
-    facts: FormatFacts,
-    memory_limit: int,
-) -> Plan:
-    """The tile plan: the same rule for every output format (so outputs in different formats hold the
-    same bytes), aligned to the chunks only when the user names them; tiles within `memory_limit`."""
-    compute = options.compute
-    costs = Costs(
-        in_item=reader.dtype.itemsize,
-        compute_item=8 if compute.precision == "fp64" else 4,
-        out_item=out_dtype.itemsize,
-        unfold=compute.precision == "fp64",
-    )
-    chunks: tuple[int, ...] | None = options.write.chunks
-    if chunks is not None and len(chunks) == len(out_shape):  # full-rank chunks: the spatial part
-        chunks = tuple(chunks[a] for a in out_layout.spatial_axes)
-    try:
-        return make_plan(
-            axes,
-            layout.batch(reader.shape),
-            channels,
-            filters,
-            spec.kernel_size,
-            memory_limit=memory_limit,
-            tile_shape=compute.tile,
-            chunks=chunks,
-            full_width=spec.mixes_width,
-            costs=costs,
-            slabs=True,
-            order=facts.order,
-        )
-    except PlanError as exc:
-        raise InputError(exc.message, param=exc.param) from None

@@ -1,0 +1,100 @@
+"""A job's tile plan: one rule for every output format, within the budget the job's kind needs.
+
+Kept apart from job.py, which opens the files and decides the output; this decides the tiles only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InputError
+from ..geometry.layout import Layout
+from ..geometry.sizes import SHORT_HALO_TILE_LIMIT
+from ..geometry.tiling import Costs, Plan, PlanError, make_plan
+from ..io.formats import FormatFacts
+from ..layer.resample import ResampleSpec
+from ..layer.spec import LayerSpec
+from .options import Options
+
+
+def plan_job(
+    layer: Any,
+    spec: LayerSpec | ResampleSpec,
+    reader: Any,
+    layout: Layout,
+    out_layout: Layout,
+    out_shape: tuple[int, ...],
+    out_dtype: np.dtype,
+    axes: Any,
+    channels: int,
+    filters: int,
+    options: Options,
+    facts: FormatFacts,
+) -> Plan:
+    """The plan for `layer` (a LayerSpec, a preset's factory or a ResampleSpec; `spec` is what it computes).
+
+    Short halos (`_short_halo`) take at most SHORT_HALO_TILE_LIMIT of the budget: smaller tiles cost
+    them nothing and lower the peak; the full budget only when even the smallest tile needs more.
+    """
+    args = (spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, filters, options, facts)
+    limit, short = options.compute.memory_limit, _short_halo(layer)
+    try:
+        return _make_plan(*args, min(limit, SHORT_HALO_TILE_LIMIT) if short else limit)
+    except InputError:
+        if not short or limit <= SHORT_HALO_TILE_LIMIT:
+            raise
+        return _make_plan(*args, limit)
+
+
+def _short_halo(layer: Any) -> bool:
+    """A preset, or a resampling with at most 4 taps and no prefilter: per-axis, memory-bound passes."""
+    if isinstance(layer, ResampleSpec):
+        return layer.interpolator.taps <= 4 and not layer.interpolator.prefiltered
+    return not isinstance(layer, LayerSpec)
+
+
+def _make_plan(
+    spec: LayerSpec | ResampleSpec,
+    reader: Any,
+    layout: Layout,
+    out_layout: Layout,
+    out_shape: tuple[int, ...],
+    out_dtype: np.dtype,
+    axes: Any,
+    channels: int,
+    filters: int,
+    options: Options,
+    facts: FormatFacts,
+    memory_limit: int,
+) -> Plan:
+    """The tile plan: the same rule for every output format (so outputs in different formats hold the
+    same bytes), aligned to the chunks only when the user names them; tiles within `memory_limit`."""
+    compute = options.compute
+    costs = Costs(
+        in_item=reader.dtype.itemsize,
+        compute_item=8 if compute.precision == "fp64" else 4,
+        out_item=out_dtype.itemsize,
+        unfold=compute.precision == "fp64",
+    )
+    chunks: tuple[int, ...] | None = options.write.chunks
+    if chunks is not None and len(chunks) == len(out_shape):  # full-rank chunks: the spatial part
+        chunks = tuple(chunks[a] for a in out_layout.spatial_axes)
+    try:
+        return make_plan(
+            axes,
+            layout.batch(reader.shape),
+            channels,
+            filters,
+            spec.kernel_size,
+            memory_limit=memory_limit,
+            tile_shape=compute.tile,
+            chunks=chunks,
+            full_width=spec.mixes_width,
+            costs=costs,
+            slabs=True,
+            order=facts.order,
+        )
+    except PlanError as exc:
+        raise InputError(exc.message, param=exc.param) from None
