@@ -238,8 +238,8 @@ def test_deferred_downloads_are_waited_for_by_the_array_they_fill(tmp_path, monk
 
 def test_short_halos_plan_tiles_within_their_own_budget_unless_a_tile_needs_more(tmp_path):
     """Presets and short resampling kernels are memory-bound: their tiles stay within SHORT_HALO_TILE_LIMIT
-    of a larger budget (same speed, lower peak); layers and long kernels get the whole budget, and so
-    does a tile the user asks for that needs more."""
+    of a larger budget (same speed, lower peak); layers, long kernels and chunked outputs get the whole
+    budget, and so does a tile the user asks for that needs more."""
     from deconv3d_cli.geometry.sizes import MIB, SHORT_HALO_TILE_LIMIT
     from deconv3d_cli.layer.presets import Preset
     from deconv3d_cli.layer.resample import ResampleSpec
@@ -256,6 +256,9 @@ def test_short_halos_plan_tiles_within_their_own_budget_unless_a_tile_needs_more
         job.close()
         assert job.plan.tile_bytes() <= 1024 * MIB
         assert (job.plan.tile_bytes() <= SHORT_HALO_TILE_LIMIT) == short, layer
+    job = prepare(preset, tmp_path / "in.npy", tmp_path / "o.h5", Options(memory_limit=1024 * MIB))
+    job.close()
+    assert job.plan.tile_bytes() > SHORT_HALO_TILE_LIMIT  # chunked outputs: chunks follow the tiles
     job = prepare(preset, tmp_path / "in.npy", tmp_path / "o.npy",
                   Options(memory_limit=2048 * MIB, tile=(320, 320, 320)))  # fmt: skip
     job.close()

@@ -36,10 +36,13 @@ def plan_job(
     """The plan for `layer` (a LayerSpec, a preset's factory or a ResampleSpec; `spec` is what it computes).
 
     Short halos (`_short_halo`) take at most SHORT_HALO_TILE_LIMIT of the budget: smaller tiles cost
-    them nothing and lower the peak; the full budget only when even the smallest tile needs more.
+    them nothing and lower the peak; the full budget only when even the smallest tile needs more, and
+    always for chunked outputs, whose chunks follow the tiles (HDF5 in 16 x 256 x 512 chunks instead
+    of 32 x 512 x 512 wrote 256^3 trilinear x2 in 4.8 s instead of 3.5). The bytes are the same
+    either way: these engines' tiles do not change any voxel's arithmetic.
     """
     args = (spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, filters, options, facts)
-    limit, short = options.compute.memory_limit, _short_halo(layer)
+    limit, short = options.compute.memory_limit, _short_halo(layer) and not facts.chunked
     try:
         return _make_plan(*args, min(limit, SHORT_HALO_TILE_LIMIT) if short else limit)
     except InputError:
