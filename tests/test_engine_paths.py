@@ -196,3 +196,25 @@ def test_stride_one_phase_paths_whole_and_tiled(path, k, pad):
     engine.force_path(path)
     assert_close(engine.whole(x).numpy(), ref, rel=1e-5)
     assert_close(tiled(engine, spec, x, (3, 4, 2)), ref, rel=1e-5)
+
+
+@pytest.mark.parametrize("fmt", ["channels_last", "channels_first"])
+@pytest.mark.parametrize("path", ["transpose", "transpose_cl", "transpose_dnn", "transpose_dnn_cl"])
+def test_a_same_crop_takes_its_bias_in_the_pass_that_makes_it_compact(path, fmt):
+    """k3 s2 `same` keeps the first 2n of 2n + 1 full rows, which torch's symmetric crop cannot: the
+    window and the bias come in one pass, into a tile already in the stored memory format, with the
+    bytes of the in-place add followed by the crop."""
+    rng = np.random.default_rng(31)
+    spec = spec_for(rng, cin=3, f=4, k=(3, 3, 3), s=(2, 2, 2), act=None, fmt=fmt)
+    engine = Engine(spec, 3)
+    if path not in engine.available_paths():
+        pytest.skip(f"{path} is not offered by this torch build")
+    engine.force_path(path)
+    x = rng.standard_normal((1, 3, 9, 8, 7)).astype(np.float32)
+    y = engine.whole(x)
+    assert tuple(y.shape[2:]) == (18, 16, 14) and y.is_contiguous(memory_format=engine.out_memory_format)
+    bias = engine.bias
+    engine.bias = None
+    unbiased = engine.whole(x)
+    engine.bias = bias
+    assert torch.equal(y, unbiased + bias)

@@ -153,13 +153,13 @@ class Engine:
             torch.cuda.synchronize()
         return y
 
-    def _run(self, name: str, x: torch.Tensor, crop: Sequence[int] = (0, 0, 0)) -> torch.Tensor:
+    def _run(self, name: str, x: torch.Tensor, crop: Sequence[int] = (0, 0, 0), biased: bool = True) -> torch.Tensor:
         s = self.spec
         cl = name.endswith("_cl")
         if name.startswith("transpose"):
             # torch's transposed convolution with a bias runs up to 3x slower (measured): add it after.
             y = paths.transpose(x, self.weight, None, s.strides, s.dilation_rate, cl=cl, crop=crop, dnn="_dnn" in name)
-            return y if self.bias is None else y.add_(self.bias)
+            return y if self.bias is None or not biased else y.add_(self.bias)
         if self._pweight is None:
             self._pweight = paths.phase_weight(self.weight, s.strides)
         bias = None if self.bias is None else self.bias.view(-1)  # conv3d's fused bias is free
@@ -260,10 +260,25 @@ class Engine:
                 ]
                 crop = tuple(max(0, min(o, length - o - m)) for o, m, length in zip(offsets, sizes, full))
                 with torch.inference_mode():
-                    y = self._run(self.path, x, crop)
-                # the bias is in the convolved part; positions outside it get it from _bias_only
-                y = _window(y, tuple(o - c for o, c in zip(offsets, crop)), sizes, self._bias_only)
+                    y = self._run(self.path, x, crop, biased=False)
+                y = self._biased_window(y, tuple(o - c for o, c in zip(offsets, crop)), sizes)
         return activations.apply(self.spec.activation, y, self.softmax_dim)
+
+    def _biased_window(self, y: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
+        """The window of the unbiased convolution `y`, bias added (positions outside `y`: the bias alone).
+
+        A window strictly inside `y` (a `same` crop that torch's symmetric one could not make) takes
+        the bias in the same pass that makes it a compact tile: one pass over the output instead of an
+        in-place add and a copy later (24->12 k3 s2 on 40^3 through the API: 15.2 ms -> 14.1 ms).
+        """
+        inside = all(o >= 0 and o + n <= length for o, n, length in zip(offsets, sizes, y.shape[2:]))
+        if self.bias is not None and inside and tuple(y.shape[2:]) != tuple(sizes):
+            window: tuple[Any, ...] = (..., *(slice(o, o + n) for o, n in zip(offsets, sizes)))
+            view = y[window]
+            return torch.add(view, self.bias, out=_empty_tile((*y.shape[:2], *sizes), y, self.out_memory_format))
+        if self.bias is not None:
+            y.add_(self.bias)
+        return _window(y, offsets, sizes, self._bias_only)
 
     def _tile_or_split(self, x: torch.Tensor, offsets: tuple[int, ...], sizes: tuple[int, ...]) -> torch.Tensor:
         """Out of device memory: halve the tile along its longest axis and assemble on the host.
@@ -304,6 +319,21 @@ class Engine:
         shape = tuple(x.shape)
         axes = self.spec.axes(shape[2:])
         return self.tile(x, [ax.crop for ax in axes], [ax.out for ax in axes])
+
+
+def _empty_tile(shape: tuple[int, ...], like: torch.Tensor, fmt: torch.memory_format) -> torch.Tensor:
+    """An uninitialised (N, F, d, h, w) tile in memory format `fmt`; on the CPU in numpy's memory.
+
+    numpy asks the kernel for huge pages on large arrays: a fresh 131 MB tile filled in 9 ms that way
+    and in 42 ms from torch's allocator (4 KiB page faults, slow on this VM).
+    """
+    np_dtype = {torch.float32: np.float32, torch.float64: np.float64}.get(like.dtype)
+    if like.device.type != "cpu" or np_dtype is None:
+        return torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=fmt)
+    if fmt == torch.channels_last_3d:
+        n, f, d, h, w = shape
+        return torch.from_numpy(np.empty((n, d, h, w, f), np_dtype)).permute(0, 4, 1, 2, 3)
+    return torch.from_numpy(np.empty(shape, np_dtype))
 
 
 def _unit_strides(x: torch.Tensor) -> torch.Tensor:
