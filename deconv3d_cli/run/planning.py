@@ -33,7 +33,9 @@ def plan_job(
     options: Options,
     facts: FormatFacts,
 ) -> Plan:
-    """The plan for `layer` (a LayerSpec, a preset's factory or a ResampleSpec; `spec` is what it computes).
+    """The plan for `layer` (a LayerSpec, a preset's factory or a ResampleSpec; `spec` is what it computes):
+    the same rule for every output format (so outputs in different formats hold the same bytes),
+    aligned to the chunks only when the user names them.
 
     Short halos (`_short_halo`) take at most SHORT_HALO_TILE_LIMIT of the budget: smaller tiles cost
     them nothing and lower the peak; the full budget only when even the smallest tile needs more, and
@@ -41,39 +43,6 @@ def plan_job(
     of 32 x 512 x 512 wrote 256^3 trilinear x2 in 4.8 s instead of 3.5). The bytes are the same
     either way: these engines' tiles do not change any voxel's arithmetic.
     """
-    args = (spec, reader, layout, out_layout, out_shape, out_dtype, axes, channels, filters, options, facts)
-    limit, short = options.compute.memory_limit, _short_halo(layer) and not facts.chunked
-    try:
-        return _make_plan(*args, min(limit, SHORT_HALO_TILE_LIMIT) if short else limit)
-    except InputError:
-        if not short or limit <= SHORT_HALO_TILE_LIMIT:
-            raise
-        return _make_plan(*args, limit)
-
-
-def _short_halo(layer: Any) -> bool:
-    """A preset, or a resampling with at most 4 taps and no prefilter: per-axis, memory-bound passes."""
-    if isinstance(layer, ResampleSpec):
-        return layer.interpolator.taps <= 4 and not layer.interpolator.prefiltered
-    return not isinstance(layer, LayerSpec)
-
-
-def _make_plan(
-    spec: LayerSpec | ResampleSpec,
-    reader: Any,
-    layout: Layout,
-    out_layout: Layout,
-    out_shape: tuple[int, ...],
-    out_dtype: np.dtype,
-    axes: Any,
-    channels: int,
-    filters: int,
-    options: Options,
-    facts: FormatFacts,
-    memory_limit: int,
-) -> Plan:
-    """The tile plan: the same rule for every output format (so outputs in different formats hold the
-    same bytes), aligned to the chunks only when the user names them; tiles within `memory_limit`."""
     compute = options.compute
     costs = Costs(
         in_item=reader.dtype.itemsize,
@@ -84,20 +53,28 @@ def _make_plan(
     chunks: tuple[int, ...] | None = options.write.chunks
     if chunks is not None and len(chunks) == len(out_shape):  # full-rank chunks: the spatial part
         chunks = tuple(chunks[a] for a in out_layout.spatial_axes)
+
+    def attempt(memory_limit: int) -> Plan:
+        try:
+            return make_plan(
+                axes, layout.batch(reader.shape), channels, filters, spec.kernel_size,
+                memory_limit=memory_limit, tile_shape=compute.tile, chunks=chunks, full_width=spec.mixes_width,
+                costs=costs, slabs=True, order=facts.order,
+            )  # fmt: skip
+        except PlanError as exc:
+            raise InputError(exc.message, param=exc.param) from None
+
+    limit, short = compute.memory_limit, _short_halo(layer) and not facts.chunked
     try:
-        return make_plan(
-            axes,
-            layout.batch(reader.shape),
-            channels,
-            filters,
-            spec.kernel_size,
-            memory_limit=memory_limit,
-            tile_shape=compute.tile,
-            chunks=chunks,
-            full_width=spec.mixes_width,
-            costs=costs,
-            slabs=True,
-            order=facts.order,
-        )
-    except PlanError as exc:
-        raise InputError(exc.message, param=exc.param) from None
+        return attempt(min(limit, SHORT_HALO_TILE_LIMIT) if short else limit)
+    except InputError:
+        if not short or limit <= SHORT_HALO_TILE_LIMIT:
+            raise
+        return attempt(limit)
+
+
+def _short_halo(layer: Any) -> bool:
+    """A preset, or a resampling with at most 4 taps and no prefilter: per-axis, memory-bound passes."""
+    if isinstance(layer, ResampleSpec):
+        return layer.interpolator.taps <= 4 and not layer.interpolator.prefiltered
+    return not isinstance(layer, LayerSpec)
