@@ -1,14 +1,6 @@
 """Conv3DTranspose layers from Keras files, read with h5py, zipfile and json only (no TensorFlow, no Keras).
 
-Where the weights of a layer live:
-
-- Keras 3 (and tf.keras >= 2.13 `.keras`) weights files: `layers/<class>[_n]/vars/0` (kernel) and
-  `vars/1` (bias), nested models under `layers/<class>[_n]/layers/...`. `<class>` is the snake-case
-  class name with a per-container counter, in the order of the model's layers; newer Keras 3 also
-  stores the layer's own name as an attribute of `vars`, which is preferred when present.
-- Legacy `.h5` (Keras 2, and Keras 3's legacy format): group `model_weights` (or the file root for
-  `save_weights`) with attribute `layer_names`; each top-level layer's group lists `weight_names` such as
-  `up/kernel:0`, or `sub/inner/kernel` for a layer inside the nested model `sub`.
+The files are opened and their configs walked here; keras_weights.py finds each layer's weights.
 """
 
 from __future__ import annotations
@@ -22,8 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
-from ..layer.spec import LayerSpec, load_npz
+from ..layer.spec import LayerSpec
 from . import Candidate, Imported, choose, safe
+from .keras_weights import read_weights
 
 CONV_CLASSES = ("Conv3DTranspose", "Convolution3DTranspose")
 KIND = "Conv3DTranspose"
@@ -137,7 +130,7 @@ def _version_of(config: Any) -> str | None:
 
 # ------------------------------------------------------------------------------------------ sources
 @dataclass
-class _Source:
+class KerasSource:
     description: str
     layers: list[KerasLayer]
     version: str | None
@@ -145,7 +138,7 @@ class _Source:
     weights_desc: str | None
 
 
-def _open(path: Path, kind: str, config: Path | None, weights: Path | None, stack: ExitStack) -> _Source:
+def _open(path: Path, kind: str, config: Path | None, weights: Path | None, stack: ExitStack) -> KerasSource:
     src = str(path)
     if kind == "keras-archive":
         if config is not None or weights is not None:
@@ -169,7 +162,7 @@ def _open(path: Path, kind: str, config: Path | None, weights: Path | None, stac
         member = stack.enter_context(archive.open("model.weights.h5"))
         h5 = stack.enter_context(safe.open_h5(member, f"{src}:model.weights.h5"))
         v = f"Keras {version.split('.')[0]}" if version else "Keras"
-        return _Source(f"{v} .keras archive", walk_config(cfg, src), version, h5, "model.weights.h5")
+        return KerasSource(f"{v} .keras archive", walk_config(cfg, src), version, h5, "model.weights.h5")
     if kind == "hdf5":
         h5 = stack.enter_context(safe.open_h5(str(path), src))
         model_config = safe.h5_attr_text(h5, "model_config")
@@ -182,7 +175,7 @@ def _open(path: Path, kind: str, config: Path | None, weights: Path | None, stac
             if group is None:
                 raise SpecError("an .h5 model without 'model_weights' (saved without weights?)", source=src)
             v = f"Keras {version.split('.')[0]}" if version else "Keras"
-            return _Source(f"{v} .h5 model", walk_config(cfg, src), version, group, "model_weights")
+            return KerasSource(f"{v} .h5 model", walk_config(cfg, src), version, group, "model_weights")
         if config is None:
             raise SpecError(
                 "a weights-only .h5 (save_weights) holds no layer config; give the model's config with "
@@ -192,7 +185,7 @@ def _open(path: Path, kind: str, config: Path | None, weights: Path | None, stac
         if weights is not None:
             raise SpecError("--weights is for a config SOURCE; this SOURCE is the weights file", source=src)
         cfg = _config_file(config)
-        return _Source(
+        return KerasSource(
             "Keras weights-only .h5 with config " + str(config),
             walk_config(cfg, str(config)),
             _version_of(cfg) or version,
@@ -206,13 +199,13 @@ def _open(path: Path, kind: str, config: Path | None, weights: Path | None, stac
     layers = walk_config(cfg, src)
     version = _version_of(cfg)
     if weights is None:
-        return _Source("Keras config", layers, version, None, None)
+        return KerasSource("Keras config", layers, version, None, None)
     wkind = safe.sniff(weights)
     if wkind == "hdf5":
         h5 = stack.enter_context(safe.open_h5(str(weights), str(weights)))
-        return _Source(f"Keras config with weights {weights}", layers, version, h5, str(weights))
+        return KerasSource(f"Keras config with weights {weights}", layers, version, h5, str(weights))
     if wkind == "zip":
-        return _Source(f"Keras config with weights {weights}", layers, version, ("npz", weights), str(weights))
+        return KerasSource(f"Keras config with weights {weights}", layers, version, ("npz", weights), str(weights))
     raise SpecError("--weights must be an .h5 (save_weights) or .npz file", source=str(weights))
 
 
@@ -280,7 +273,7 @@ def import_layer(
             )
         kernel = bias = None
         if source.weights is not None:
-            kernel, bias = _read_weights(source, layer, cfg, src)
+            kernel, bias = read_weights(source, layer, cfg, src)
         else:
             notes.append(
                 "no weights: the spec draws them from kernel_initializer at run time (give --weights FILE "
@@ -311,139 +304,3 @@ def _dtype_policy(value: Any) -> str | None:
         if isinstance(cfg, Mapping) and isinstance(cfg.get("name"), str):
             return cfg["name"]
     return None
-
-
-# ------------------------------------------------------------------------------------------ weights
-def _expected_kernel(cfg: Mapping[str, Any]) -> tuple[int, ...] | None:
-    k, f = cfg.get("kernel_size"), cfg.get("filters")
-    if isinstance(k, int):
-        k = [k] * 3
-    if isinstance(k, (list, tuple)) and len(k) == 3 and isinstance(f, int):
-        return (*(int(v) for v in k), int(f))
-    return None
-
-
-def _read_weights(source: _Source, layer: KerasLayer, cfg: Mapping[str, Any], src: str) -> tuple[Any, Any]:
-    w = source.weights
-    use_bias = cfg.get("use_bias", True)
-    if isinstance(w, tuple) and w[0] == "npz":
-        return load_npz(w[1], expect=_expected_kernel(cfg))
-    where = f"{source.weights_desc}"
-    if safe.h5_attr_list(w, "layer_names") or safe.h5_child(w, "layers", src) is None:
-        kernel, bias = _legacy_weights(w, layer, src, where)
-    else:
-        kernel, bias = _v3_weights(w, layer, cfg, src, where)
-    expect = _expected_kernel(cfg)
-    if kernel.ndim != 5 or (expect is not None and tuple(kernel.shape[:4]) != expect):
-        raise SpecError(
-            f"layer {layer.name!r}: the kernel in {where} has shape {tuple(kernel.shape)}, but the config "
-            f"needs {expect + ('in_channels',) if expect else '5 dimensions'}",
-            source=src,
-            field="kernel",
-        )
-    if not use_bias:
-        bias = None
-    elif bias is None:
-        raise SpecError(f"layer {layer.name!r}: use_bias is true but {where} has no bias", source=src, field="bias")
-    return kernel, bias
-
-
-def _v3_weights(h5: Any, layer: KerasLayer, cfg: Mapping[str, Any], src: str, where: str) -> tuple[Any, Any]:
-    group = _v3_by_names(h5, layer.path, src)
-    if group is None and layer.v3_path:
-        group = safe.h5_child(h5, layer.v3_path, src)
-    if group is None:
-        group = _v3_search_name(h5, layer.path[-1], src)
-    if group is None:
-        raise SpecError(
-            f"cannot find the weights of layer {layer.name!r} in {where} "
-            f"(looked for {layer.v3_path or 'a vars group named ' + repr(layer.path[-1])})",
-            source=src,
-        )
-    kernel_ds = safe.h5_child(group, "vars/0", src)
-    if kernel_ds is None:
-        raise SpecError(f"layer {layer.name!r}: {where} holds no kernel for it (vars/0)", source=src)
-    kernel = safe.h5_array(kernel_ds, src, f"layer {layer.name!r} kernel")
-    bias_ds = safe.h5_child(group, "vars/1", src)
-    bias = None if bias_ds is None else safe.h5_array(bias_ds, src, f"layer {layer.name!r} bias")
-    return kernel, bias
-
-
-def _vars_name(group: Any, src: str) -> str | None:
-    v = safe.h5_child(group, "vars", src)
-    return None if v is None else safe.h5_attr_text(v, "name")
-
-
-def _v3_by_names(h5: Any, path: tuple[str, ...], src: str) -> Any:
-    """Follow the layers' own names (stored as `vars.attrs['name']` by newer Keras 3)."""
-    node = h5
-    for name in path:
-        container = safe.h5_child(node, "layers", src)
-        if container is None:
-            return None
-        found = [g for _, g in safe.h5_children(container, src) if _vars_name(g, src) == name]
-        if len(found) != 1:
-            return None
-        node = found[0]
-    return node
-
-
-def _v3_search_name(h5: Any, name: str, src: str) -> Any:
-    """A layer given by its config alone: the one group anywhere whose vars are named `name`."""
-    found = []
-
-    def visit(group: Any, depth: int) -> None:
-        if depth > 32:
-            return
-        container = safe.h5_child(group, "layers", src)
-        if container is None:
-            return
-        for _, child in safe.h5_children(container, src):
-            if _vars_name(child, src) == name:
-                found.append(child)
-            visit(child, depth + 1)
-
-    visit(h5, 0)
-    return found[0] if len(found) == 1 else None
-
-
-def _legacy_weights(root: Any, layer: KerasLayer, src: str, where: str) -> tuple[Any, Any]:
-    layer_names = safe.h5_attr_list(root, "layer_names")
-    groups = [layer.path[0]] if layer.path[0] in layer_names else layer_names
-    matches: dict[str, list[tuple[Any, str]]] = {"kernel": [], "bias": []}
-    for gname in groups:
-        group = safe.h5_child(root, gname, src)
-        if group is None:
-            continue
-        for wname in safe.h5_attr_list(group, "weight_names"):
-            parts = wname.split("/")
-            leaf = parts[-1].split(":")[0]
-            owner = tuple(parts[:-1])
-            if leaf not in matches or not owner or owner[-1] != layer.path[-1]:
-                continue
-            # 'up/kernel:0' (Keras 2) or 'sub/inner/kernel' (Keras 3 legacy): a suffix of the layer's path.
-            if tuple(layer.path[-len(owner) :]) != owner and gname == layer.path[0]:
-                continue
-            matches[leaf].append((group, wname))
-    if not matches["kernel"]:
-        raise SpecError(f"cannot find the weights of layer {layer.name!r} in {where}", source=src)
-    if len(matches["kernel"]) > 1:
-        raise SpecError(
-            f"layer name {layer.path[-1]!r} owns several kernels in {where}; give the model config with "
-            "the full layer path",
-            source=src,
-        )
-    group, wname = matches["kernel"][0]
-    kernel = safe.h5_array(_dataset(group, wname, src, where), src, f"layer {layer.name!r} kernel")
-    bias = None
-    same_group = [m for m in matches["bias"] if m[0] == group]
-    if same_group:
-        bias = safe.h5_array(_dataset(*same_group[0], src, where), src, f"layer {layer.name!r} bias")
-    return kernel, bias
-
-
-def _dataset(group: Any, wname: str, src: str, where: str) -> Any:
-    ds = safe.h5_child(group, wname, src)
-    if ds is None:
-        raise SpecError(f"{where} lists weight {wname!r} but does not hold it", source=src)
-    return ds

@@ -192,39 +192,8 @@ def import_layer(
             source=hp_src,
             field="groups",
         )
-    checks = (("in_channels", cin), ("out_channels", cout), ("kernel_size", kernel_size))
-    for key, have in checks:
-        if key in args:
-            want = args[key]
-            if key == "kernel_size":
-                want = _triple(want, key, hp_src, 1)
-            if want != have:
-                raise SpecError(
-                    f"{args[key]!r}, but the state dict's weight {tuple(weight.shape)} means {have}"
-                    + (f" with groups={groups}" if key == "out_channels" else ""),
-                    source=hp_src,
-                    field=key,
-                )
-    if "bias" in args and bool(args["bias"]) != (bias is not None):
-        raise SpecError(
-            f"{args['bias']!r}, but the state dict {'has' if bias is not None else 'has no'} bias for this layer",
-            source=hp_src,
-            field="bias",
-        )
-    if bias is not None and bias.shape != (cout,):
-        raise SpecError(f"bias has shape {bias.shape}, expected ({cout},)", source=src, field="bias")
-    stride = _triple(args.get("stride", 1), "stride", hp_src, 1)
-    padding = _triple(args.get("padding", 0), "padding", hp_src, 0)
-    output_padding = _triple(args.get("output_padding", 0), "output_padding", hp_src, 0)
-    dilation = _triple(args.get("dilation", 1), "dilation", hp_src, 1)
-    for axis, (op, s, d) in enumerate(zip(output_padding, stride, dilation)):
-        if op >= max(s, d):
-            raise SpecError(
-                f"{list(output_padding)}: torch requires output_padding < stride or < dilation on every axis "
-                f"(axis {axis}: {op} >= max({s}, {d}))",
-                source=hp_src,
-                field="output_padding",
-            )
+    _check_declared(args, weight, bias, groups, hp_src, src)
+    stride, padding, output_padding, dilation = _geometry(args, hp_src)
     notes = []
     if groups > 1:
         weight = _dense_weight(weight, groups)
@@ -258,6 +227,52 @@ def import_layer(
     warnings: list[str] = []
     description = "PyTorch state dict" + (f" with sidecar {sidecar}" if sidecar is not None else "")
     return Imported(spec, src, description, chosen.name, candidates, warnings, notes)
+
+
+def _check_declared(
+    args: Mapping[str, Any], weight: np.ndarray, bias: np.ndarray | None, groups: int, hp_src: str, src: str
+) -> None:
+    """The sidecar's or options' channels, kernel size and bias agree with the state dict's tensors."""
+    cin, cout = int(weight.shape[0]), int(weight.shape[1]) * groups
+    kernel_size = tuple(int(n) for n in weight.shape[2:])
+    checks = (("in_channels", cin), ("out_channels", cout), ("kernel_size", kernel_size))
+    for key, have in checks:
+        if key in args:
+            want = args[key]
+            if key == "kernel_size":
+                want = _triple(want, key, hp_src, 1)
+            if want != have:
+                raise SpecError(
+                    f"{args[key]!r}, but the state dict's weight {tuple(weight.shape)} means {have}"
+                    + (f" with groups={groups}" if key == "out_channels" else ""),
+                    source=hp_src,
+                    field=key,
+                )
+    if "bias" in args and bool(args["bias"]) != (bias is not None):
+        raise SpecError(
+            f"{args['bias']!r}, but the state dict {'has' if bias is not None else 'has no'} bias for this layer",
+            source=hp_src,
+            field="bias",
+        )
+    if bias is not None and bias.shape != (cout,):
+        raise SpecError(f"bias has shape {bias.shape}, expected ({cout},)", source=src, field="bias")
+
+
+def _geometry(args: Mapping[str, Any], hp_src: str) -> tuple[tuple[int, ...], ...]:
+    """stride, padding, output_padding and dilation as triples; torch's output_padding rule checked."""
+    stride = _triple(args.get("stride", 1), "stride", hp_src, 1)
+    padding = _triple(args.get("padding", 0), "padding", hp_src, 0)
+    output_padding = _triple(args.get("output_padding", 0), "output_padding", hp_src, 0)
+    dilation = _triple(args.get("dilation", 1), "dilation", hp_src, 1)
+    for axis, (op, s, d) in enumerate(zip(output_padding, stride, dilation)):
+        if op >= max(s, d):
+            raise SpecError(
+                f"{list(output_padding)}: torch requires output_padding < stride or < dilation on every axis "
+                f"(axis {axis}: {op} >= max({s}, {d}))",
+                source=hp_src,
+                field="output_padding",
+            )
+    return stride, padding, output_padding, dilation
 
 
 def _to_numpy(t: Any) -> np.ndarray:

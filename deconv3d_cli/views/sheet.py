@@ -122,13 +122,8 @@ def plan(volumes: Sequence[Volume], title: str | None = None) -> Sheet:
     ref = volumes[0]
     planes = planes_for(ref)
     frames = [frame(ref, v) for v in volumes]
-    n_ref = np.array(ref.spatial_shape, float)
     zoom = ref.zooms
-    ext = []  # each volume's extent in the reference voxel frame, per axis: (lo, hi)
-    for vol, (scale, shift) in zip(volumes, frames):
-        n = np.array(vol.spatial_shape, float)
-        a, b = shift - 0.5 * scale, shift + (n - 0.5) * scale
-        ext.append((np.minimum(a, b), np.maximum(a, b)))
+    ext = _extents(volumes, frames)
     lo_u = np.min([e[0] for e in ext], axis=0)
     hi_u = np.max([e[1] for e in ext], axis=0)
     extent = (hi_u - lo_u) * zoom
@@ -139,16 +134,7 @@ def plan(volumes: Sequence[Volume], title: str | None = None) -> Sheet:
         return max(1, int(round(length / per_px)))
 
     panel = [(pix(extent[p.h]), pix(extent[p.v])) for p in planes]
-    reads = []  # per row: (slices, indices), the reference's middle and the same plane in the others
-    for vol, (scale, shift) in zip(volumes, frames):
-        slices, indices = [], []
-        for p in planes:
-            mid = float(n_ref[p.normal] // 2)
-            idx = int(round((mid - shift[p.normal]) / scale[p.normal]))
-            idx = min(max(idx, 0), vol.spatial_shape[p.normal] - 1)
-            indices.append(idx)
-            slices.append(read_slice(vol, p, idx))
-        reads.append((slices, indices))
+    reads = _reads(volumes, frames, planes)
     window = shared_window([s for slices, _ in reads for s in slices], PERCENTILES)
     rows = len(volumes)
     bar = labels.scale_bar(per_px, ref.units, max(1, min(w for w, _ in panel) // 3), rows)
@@ -189,6 +175,32 @@ def plan(volumes: Sequence[Volume], title: str | None = None) -> Sheet:
     widths += [t.xy[0] - MARGIN + measure(t.text, t.size)[0] for t in sheet.texts]
     sheet.width, sheet.height = 2 * MARGIN + max(widths), y + MARGIN
     return sheet
+
+
+def _extents(volumes: Sequence[Volume], frames: Sequence[Any]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each volume's extent in the reference voxel frame, per axis: (lo, hi)."""
+    ext = []
+    for vol, (scale, shift) in zip(volumes, frames):
+        n = np.array(vol.spatial_shape, float)
+        a, b = shift - 0.5 * scale, shift + (n - 0.5) * scale
+        ext.append((np.minimum(a, b), np.maximum(a, b)))
+    return ext
+
+
+def _reads(volumes: Sequence[Volume], frames: Sequence[Any], planes: Sequence[Any]) -> list[tuple[list, list]]:
+    """Per row: (slices, indices), the reference's middle plane and the same plane in the others."""
+    n_ref = np.array(volumes[0].spatial_shape, float)
+    reads = []
+    for vol, (scale, shift) in zip(volumes, frames):
+        slices, indices = [], []
+        for p in planes:
+            mid = float(n_ref[p.normal] // 2)
+            idx = int(round((mid - shift[p.normal]) / scale[p.normal]))
+            idx = min(max(idx, 0), vol.spatial_shape[p.normal] - 1)
+            indices.append(idx)
+            slices.append(read_slice(vol, p, idx))
+        reads.append((slices, indices))
+    return reads
 
 
 def _panel_marks(sheet: Sheet, row: int, p: Any, box: tuple[int, int, int, int]) -> None:
