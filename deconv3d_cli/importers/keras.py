@@ -139,60 +139,73 @@ class KerasSource:
 
 
 def _open(path: Path, kind: str, config: Path | None, weights: Path | None, stack: ExitStack) -> KerasSource:
+    opener = {"keras-archive": _open_archive, "hdf5": _open_hdf5}.get(kind, _open_config)
+    return opener(path, config, weights, stack)
+
+
+def _open_archive(path: Path, config: Path | None, weights: Path | None, stack: ExitStack) -> KerasSource:
+    """A .keras archive: config.json, metadata.json and model.weights.h5 inside one zip."""
     src = str(path)
-    if kind == "keras-archive":
-        if config is not None or weights is not None:
-            raise SpecError("a .keras archive holds its config and weights; drop --config/--weights", source=src)
-        try:
-            archive = stack.enter_context(zipfile.ZipFile(path))
-        except zipfile.BadZipFile as exc:
-            raise SpecError(f"not a readable .keras archive: {exc}", source=src) from None
-        names = safe.check_members(archive, src)
-        cfg = safe.load_json_bytes(safe.read_member(archive, "config.json", src), src, "config.json")
-        version = None
-        if "metadata.json" in names:
-            meta = safe.load_json_bytes(safe.read_member(archive, "metadata.json", src), src, "metadata.json")
-            version = _version_of(meta)
-        if "model.weights.h5" not in names:
-            raise SpecError(
-                "the archive has no model.weights.h5 (sharded weights are not supported; re-save the model "
-                "with model.save('model.keras'))",
-                source=src,
-            )
-        member = stack.enter_context(archive.open("model.weights.h5"))
-        h5 = stack.enter_context(safe.open_h5(member, f"{src}:model.weights.h5"))
-        v = f"Keras {version.split('.')[0]}" if version else "Keras"
-        return KerasSource(f"{v} .keras archive", walk_config(cfg, src), version, h5, "model.weights.h5")
-    if kind == "hdf5":
-        h5 = stack.enter_context(safe.open_h5(str(path), src))
-        model_config = safe.h5_attr_text(h5, "model_config")
-        version = safe.h5_attr_text(h5, "keras_version")
-        if model_config is not None:
-            if config is not None or weights is not None:
-                raise SpecError("this .h5 model holds its config and weights; drop --config/--weights", source=src)
-            cfg = safe.load_json_bytes(model_config.encode("utf-8"), src, "the model_config attribute")
-            group = safe.h5_child(h5, "model_weights", src)
-            if group is None:
-                raise SpecError("an .h5 model without 'model_weights' (saved without weights?)", source=src)
-            v = f"Keras {version.split('.')[0]}" if version else "Keras"
-            return KerasSource(f"{v} .h5 model", walk_config(cfg, src), version, group, "model_weights")
-        if config is None:
-            raise SpecError(
-                "a weights-only .h5 (save_weights) holds no layer config; give the model's config with "
-                "--config FILE (model.to_json(), or the layer's get_config() as JSON/YAML)",
-                source=src,
-            )
-        if weights is not None:
-            raise SpecError("--weights is for a config SOURCE; this SOURCE is the weights file", source=src)
-        cfg = _config_file(config)
-        return KerasSource(
-            "Keras weights-only .h5 with config " + str(config),
-            walk_config(cfg, str(config)),
-            _version_of(cfg) or version,
-            h5,
-            src,
+    if config is not None or weights is not None:
+        raise SpecError("a .keras archive holds its config and weights; drop --config/--weights", source=src)
+    try:
+        archive = stack.enter_context(zipfile.ZipFile(path))
+    except zipfile.BadZipFile as exc:
+        raise SpecError(f"not a readable .keras archive: {exc}", source=src) from None
+    names = safe.check_members(archive, src)
+    cfg = safe.load_json_bytes(safe.read_member(archive, "config.json", src), src, "config.json")
+    version = None
+    if "metadata.json" in names:
+        meta = safe.load_json_bytes(safe.read_member(archive, "metadata.json", src), src, "metadata.json")
+        version = _version_of(meta)
+    if "model.weights.h5" not in names:
+        raise SpecError(
+            "the archive has no model.weights.h5 (sharded weights are not supported; re-save the model "
+            "with model.save('model.keras'))",
+            source=src,
         )
-    # kind == "config"
+    member = stack.enter_context(archive.open("model.weights.h5"))
+    h5 = stack.enter_context(safe.open_h5(member, f"{src}:model.weights.h5"))
+    v = f"Keras {version.split('.')[0]}" if version else "Keras"
+    return KerasSource(f"{v} .keras archive", walk_config(cfg, src), version, h5, "model.weights.h5")
+
+
+def _open_hdf5(path: Path, config: Path | None, weights: Path | None, stack: ExitStack) -> KerasSource:
+    """A whole .h5 model (config in its attributes), or save_weights output with a --config."""
+    src = str(path)
+    h5 = stack.enter_context(safe.open_h5(str(path), src))
+    model_config = safe.h5_attr_text(h5, "model_config")
+    version = safe.h5_attr_text(h5, "keras_version")
+    if model_config is not None:
+        if config is not None or weights is not None:
+            raise SpecError("this .h5 model holds its config and weights; drop --config/--weights", source=src)
+        cfg = safe.load_json_bytes(model_config.encode("utf-8"), src, "the model_config attribute")
+        group = safe.h5_child(h5, "model_weights", src)
+        if group is None:
+            raise SpecError("an .h5 model without 'model_weights' (saved without weights?)", source=src)
+        v = f"Keras {version.split('.')[0]}" if version else "Keras"
+        return KerasSource(f"{v} .h5 model", walk_config(cfg, src), version, group, "model_weights")
+    if config is None:
+        raise SpecError(
+            "a weights-only .h5 (save_weights) holds no layer config; give the model's config with "
+            "--config FILE (model.to_json(), or the layer's get_config() as JSON/YAML)",
+            source=src,
+        )
+    if weights is not None:
+        raise SpecError("--weights is for a config SOURCE; this SOURCE is the weights file", source=src)
+    cfg = _config_file(config)
+    return KerasSource(
+        "Keras weights-only .h5 with config " + str(config),
+        walk_config(cfg, str(config)),
+        _version_of(cfg) or version,
+        h5,
+        src,
+    )
+
+
+def _open_config(path: Path, config: Path | None, weights: Path | None, stack: ExitStack) -> KerasSource:
+    """A config file (JSON/YAML), with weights from --weights (.h5 or .npz) or none."""
+    src = str(path)
     if config is not None:
         raise SpecError("SOURCE is already a config; give weights with --weights, not --config", source=src)
     cfg = safe.load_text_config(path)
