@@ -263,12 +263,7 @@ def output_header(
         raise InputError(
             f"NIfTI cannot store {dtype}; use float32, float64 or an integer type", param="output_dtype"
         ) from None
-    if meta.affine is not None:
-        affine = np.asarray(meta.affine, dtype=np.float64)
-    elif meta.spacing is not None:
-        affine = np.diag([*map(float, meta.spacing), 1.0])
-    else:
-        affine = np.eye(4)
+    affine = _output_affine(meta)
     step: float | None = None
     carried = (meta.attrs or {}).get(CARRIED_ATTR)
     if src is not None:
@@ -301,15 +296,29 @@ def output_header(
     for a in range(3, len(file_shape)):
         pixdim[a + 1] = step if a == 3 and step else 1.0
     hdr["pixdim"] = pixdim
+    _set_scaling(hdr, scaling)
+    hdr["cal_min"] = 0
+    hdr["cal_max"] = 0
+    hdr["vox_offset"] = klass.single_vox_offset
+    return hdr
+
+
+def _output_affine(meta: VolumeMeta) -> np.ndarray:
+    """The output's voxel-to-world transform: the input's affine, else its spacing, else identity."""
+    if meta.affine is not None:
+        return np.asarray(meta.affine, dtype=np.float64)
+    if meta.spacing is not None:
+        return np.diag([*map(float, meta.spacing), 1.0])
+    return np.eye(4)
+
+
+def _set_scaling(hdr: Any, scaling: tuple[float, float] | None) -> None:
+    """scl_slope/scl_inter: stored = (value - intercept) / slope; none is (1, 0)."""
     slope, inter = scaling if scaling is not None else (1.0, 0.0)
     if not (math.isfinite(slope) and slope != 0 and math.isfinite(inter)):
         raise InputError(f"scaling ({slope}, {inter}) needs a finite, non-zero slope", param="scaling")
     hdr["scl_slope"] = slope
     hdr["scl_inter"] = inter
-    hdr["cal_min"] = 0
-    hdr["cal_max"] = 0
-    hdr["vox_offset"] = klass.single_vox_offset
-    return hdr
 
 
 def _set_intent(hdr: Any, file_shape: tuple[int, ...]) -> None:

@@ -131,6 +131,32 @@ def _pick_array(root: Any, dataset: str | None, ms: dict[str, Any] | None, src: 
     raise InputError(f"holds {len(arrays)} arrays: {_listing(arrays)}; pass --dataset PATH to choose one", source=src)
 
 
+def _geometry(
+    ms: dict[str, Any] | None, name: str, ndim: int, attrs: dict[str, Any]
+) -> tuple[tuple[float, float, float] | None, np.ndarray | None]:
+    """(spacing, affine): NGFF scale and translation first, then a spacing attribute, then an `affine` one."""
+    spacing: tuple[float, float, float] | None = None
+    affine: np.ndarray | None = None
+    geometry = ngff_geometry(ms, name, ndim) if ms is not None else None
+    if geometry is not None:
+        scale, shift = (v[-3:] for v in geometry)
+        if all(math.isfinite(v) and v > 0 for v in scale) and all(math.isfinite(v) for v in shift):
+            spacing = (float(scale[0]), float(scale[1]), float(scale[2]))
+            affine = np.eye(4)
+            affine[[0, 1, 2], [0, 1, 2]] = scale
+            affine[:3, 3] = shift
+    if spacing is None:
+        for key in SPACING_ATTRS:
+            if key in attrs:
+                spacing = spacing_from(attrs[key], ndim)
+                if spacing is not None:
+                    break
+    given = np.asarray(attrs.get("affine", []), dtype=np.float64) if "affine" in attrs else None
+    if given is not None and given.shape == (4, 4) and np.isfinite(given).all():
+        affine = given
+    return spacing, affine
+
+
 class ZarrReader:
     """Reads boxes of one Zarr array; NGFF axes decide the layout, NGFF transforms the geometry."""
 
@@ -173,26 +199,9 @@ class ZarrReader:
         self._missing: set[tuple[int, ...]] = set()
         self.data_format: str | None = None
         axes = axes_of(ms, len(self.shape)) if ms is not None else None
-        spacing, affine = None, None
         if axes is not None:
             self.data_format = self._declared_layout(axes, src)
-            geometry = ngff_geometry(ms, name, len(self.shape))  # type: ignore[arg-type]
-            if geometry is not None:
-                scale, shift = (v[-3:] for v in geometry)
-                if all(math.isfinite(v) and v > 0 for v in scale) and all(math.isfinite(v) for v in shift):
-                    spacing = (float(scale[0]), float(scale[1]), float(scale[2]))
-                    affine = np.eye(4)
-                    affine[[0, 1, 2], [0, 1, 2]] = scale
-                    affine[:3, 3] = shift
-        if spacing is None:
-            for key in SPACING_ATTRS:
-                if key in attrs:
-                    spacing = spacing_from(attrs[key], len(self.shape))
-                    if spacing is not None:
-                        break
-        given = np.asarray(attrs.get("affine", []), dtype=np.float64) if "affine" in attrs else None
-        if given is not None and given.shape == (4, 4) and np.isfinite(given).all():
-            affine = given
+        spacing, affine = _geometry(ms if axes is not None else None, name, len(self.shape), attrs)
         header = ZarrHeader(
             zarr_format=int(arr.metadata.zarr_format),
             group_attrs=group_attrs,
