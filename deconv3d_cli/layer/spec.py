@@ -43,6 +43,46 @@ REGULARIZERS = regularizers.DEFAULTS
 CONSTRAINTS = constraints.DEFAULTS
 
 
+def _data_format(value: Any, src: str | None) -> str:
+    """channels_last (the default) or channels_first, in any case."""
+    value = value or CHANNELS_LAST
+    if not isinstance(value, str) or value.lower() not in (CHANNELS_LAST, CHANNELS_FIRST):
+        raise SpecError(f"{value!r}; use 'channels_last' or 'channels_first'", source=src, field="data_format")
+    return value.lower()
+
+
+def _plain_arguments(get: Any, src: str | None) -> tuple[str | None, bool, int | None]:
+    """`name`, `use_bias` and `seed`, checked; `groups` refused unless 1 (no grouped Conv3DTranspose)."""
+    name = get("name")
+    if name is not None and not isinstance(name, str):
+        raise SpecError(f"must be a string, got {type(name).__name__}", source=src, field="name")
+    use_bias = get("use_bias", True)
+    if not isinstance(use_bias, bool):
+        raise SpecError(f"must be true or false, got {use_bias!r}", source=src, field="use_bias")
+    groups = get("groups", 1)
+    if groups not in (None, 1):
+        raise SpecError(f"{groups!r}: Conv3DTranspose has no grouped form; use 1", source=src, field="groups")
+    seed = get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise SpecError(f"must be an integer, got {seed!r}", source=src, field="seed")
+    return name, use_bias, None if seed is None else int(seed)
+
+
+def _named_arguments(get: Any, src: str | None) -> dict[str, Any]:
+    """Initializers (Keras's defaults when absent), regularizers and constraints, normalised."""
+    named: dict[str, Any] = {}
+    for key, default in (("kernel_initializer", "glorot_uniform"), ("bias_initializer", "zeros")):
+        try:
+            named[key] = initializers.normalise(get(key) or default)
+        except ValueError as exc:
+            raise SpecError(str(exc), source=src, field=key) from None
+    for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer"):
+        named[key] = optional_named(get(key), regularizers.normalise, key, src)
+    for key in ("kernel_constraint", "bias_constraint"):
+        named[key] = optional_named(get(key), constraints.normalise, key, src)
+    return named
+
+
 @dataclass(frozen=True, eq=False)
 class LayerSpec:
     """Normalised Conv3DTranspose arguments plus (optionally) weights in Keras layout."""
@@ -93,17 +133,9 @@ class LayerSpec:
             check_extents(values, name, src)
         in_channels = check_count(get("in_channels"), "in_channels", src, "input channels")
         check_weights_count(kernel_size, filters, in_channels, src)
-        name = get("name")
-        if name is not None and not isinstance(name, str):
-            raise SpecError(f"must be a string, got {type(name).__name__}", source=src, field="name")
         padding = parse_padding(get("padding", "valid"), src)
         explicit = not isinstance(padding, str)  # PyTorch's padding: torch's rules, not Keras's, apply below
-        data_format = get("data_format") or CHANNELS_LAST
-        if not isinstance(data_format, str) or data_format.lower() not in (CHANNELS_LAST, CHANNELS_FIRST):
-            raise SpecError(
-                f"{data_format!r}; use 'channels_last' or 'channels_first'", source=src, field="data_format"
-            )
-        data_format = data_format.lower()
+        data_format = _data_format(get("data_format"), src)
         if not explicit and any(s > 1 for s in strides) and any(d > 1 for d in dilation):
             raise SpecError(
                 f"strides {list(strides)} with dilation_rate {list(dilation)}: Keras refuses a stride > 1 "
@@ -118,29 +150,7 @@ class LayerSpec:
             activation = activations.normalise(get("activation"))
         except ValueError as exc:
             raise SpecError(str(exc), source=src, field="activation") from None
-        use_bias = get("use_bias", True)
-        if not isinstance(use_bias, bool):
-            raise SpecError(f"must be true or false, got {use_bias!r}", source=src, field="use_bias")
-        inits = {}
-        for key, default in (("kernel_initializer", "glorot_uniform"), ("bias_initializer", "zeros")):
-            try:
-                inits[key] = initializers.normalise(get(key) or default)
-            except ValueError as exc:
-                raise SpecError(str(exc), source=src, field=key) from None
-        regs = {
-            key: optional_named(get(key), regularizers.normalise, key, src)
-            for key in ("kernel_regularizer", "bias_regularizer", "activity_regularizer")
-        }
-        cons = {
-            key: optional_named(get(key), constraints.normalise, key, src)
-            for key in ("kernel_constraint", "bias_constraint")
-        }
-        groups = get("groups", 1)
-        if groups not in (None, 1):
-            raise SpecError(f"{groups!r}: Conv3DTranspose has no grouped form; use 1", source=src, field="groups")
-        seed = get("seed")
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
-            raise SpecError(f"must be an integer, got {seed!r}", source=src, field="seed")
+        name, use_bias, seed = _plain_arguments(get, src)
         spec = cls(
             filters=filters,
             kernel_size=kernel_size,
@@ -152,12 +162,10 @@ class LayerSpec:
             activation=activation,
             use_bias=use_bias,
             name=name,
-            seed=None if seed is None else int(seed),
+            seed=seed,
             in_channels=in_channels,
             source=src,
-            **inits,
-            **regs,
-            **cons,
+            **_named_arguments(get, src),
         )
         kernel, bias = get("kernel"), get("bias")
         if kernel is not None or bias is not None:
