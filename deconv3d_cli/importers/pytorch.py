@@ -174,24 +174,11 @@ def import_layer(
     args = _sidecar_args(sidecar, chosen.name)
     args.update({key: value for key, value in options.items() if value is not None})  # options win
     hp_src = str(sidecar) if sidecar is not None else src
-    if args.get("padding_mode", "zeros") != "zeros":
-        raise SpecError(
-            f"{args['padding_mode']!r}: ConvTranspose3d supports only 'zeros'", source=hp_src, field="padding_mode"
-        )
     weight = _to_numpy(weight_t)
     bias = None if bias_t is None else _to_numpy(bias_t)
-    groups = args.get("groups", 1)
-    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
-        raise SpecError(f"must be a positive integer, got {groups!r}", source=hp_src, field="groups")
-    cin, cog = int(weight.shape[0]), int(weight.shape[1])
-    cout = cog * groups
+    groups = _groups(args, weight, hp_src)
+    cout = int(weight.shape[1]) * groups
     kernel_size = tuple(int(n) for n in weight.shape[2:])
-    if cin % groups:
-        raise SpecError(
-            f"{groups} does not divide the weight's {cin} input channels (weight {tuple(weight.shape)})",
-            source=hp_src,
-            field="groups",
-        )
     _check_declared(args, weight, bias, groups, hp_src, src)
     stride, padding, output_padding, dilation = _geometry(args, hp_src)
     notes = []
@@ -227,6 +214,25 @@ def import_layer(
     warnings: list[str] = []
     description = "PyTorch state dict" + (f" with sidecar {sidecar}" if sidecar is not None else "")
     return Imported(spec, src, description, chosen.name, candidates, warnings, notes)
+
+
+def _groups(args: Mapping[str, Any], weight: np.ndarray, hp_src: str) -> int:
+    """`groups` (1 unless given), refused unless it divides the input channels; only 'zeros' padding_mode."""
+    if args.get("padding_mode", "zeros") != "zeros":
+        raise SpecError(
+            f"{args['padding_mode']!r}: ConvTranspose3d supports only 'zeros'", source=hp_src, field="padding_mode"
+        )
+    groups = args.get("groups", 1)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise SpecError(f"must be a positive integer, got {groups!r}", source=hp_src, field="groups")
+    cin = int(weight.shape[0])
+    if cin % groups:
+        raise SpecError(
+            f"{groups} does not divide the weight's {cin} input channels (weight {tuple(weight.shape)})",
+            source=hp_src,
+            field="groups",
+        )
+    return groups
 
 
 def _check_declared(

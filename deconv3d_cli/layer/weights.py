@@ -83,6 +83,19 @@ def _read_member(
     return out.T if fortran else out
 
 
+def _members(archive: zipfile.ZipFile, src: str) -> dict[str, zipfile.ZipInfo]:
+    """The archive's members by name, refused unless they are `kernel` and optionally `bias`."""
+    infos = {i.filename: i for i in archive.infolist()}
+    names = {n[:-4] if n.endswith(".npy") else n for n in infos}
+    if "kernel" not in names or "kernel.npy" not in infos:
+        found = ", ".join(sorted(names)) or "none"
+        raise SpecError(f"no 'kernel' array (found: {found})", source=src, field="kernel")
+    unknown = sorted(names - {"kernel", "bias"})
+    if unknown:
+        raise SpecError(f"unexpected array {unknown[0]!r}; an .npz holds 'kernel' and optionally 'bias'", source=src)
+    return infos
+
+
 def load_npz(
     path: Path,
     layout: str = "keras",
@@ -126,16 +139,7 @@ def load_npz(
 
     try:
         with zipfile.ZipFile(path) as archive:
-            infos = {i.filename: i for i in archive.infolist()}
-            names = {n[:-4] if n.endswith(".npy") else n for n in infos}
-            if "kernel" not in names or "kernel.npy" not in infos:
-                found = ", ".join(sorted(names)) or "none"
-                raise SpecError(f"no 'kernel' array (found: {found})", source=src, field="kernel")
-            unknown = sorted(names - {"kernel", "bias"})
-            if unknown:
-                raise SpecError(
-                    f"unexpected array {unknown[0]!r}; an .npz holds 'kernel' and optionally 'bias'", source=src
-                )
+            infos = _members(archive, src)
             kernel = _read_member(archive, infos["kernel.npy"], kernel_limit, kernel_shape, src)
             bias = None
             if "bias.npy" in infos:
