@@ -236,11 +236,11 @@ def test_deferred_downloads_are_waited_for_by_the_array_they_fill(tmp_path, monk
     np.testing.assert_allclose(np.load(tmp_path / "out.npy"), run_array(spec, x), rtol=1e-5, atol=1e-5)
 
 
-def test_short_halos_plan_tiles_within_their_own_budget_unless_a_tile_needs_more(tmp_path):
-    """Presets and short resampling kernels are memory-bound: their tiles stay within SHORT_HALO_TILE_LIMIT
-    of a larger budget (same speed, lower peak); layers, long kernels and chunked outputs get the whole
-    budget, and so does a tile the user asks for that needs more."""
-    from deconv3d_cli.geometry.sizes import MIB, SHORT_HALO_TILE_LIMIT
+def test_per_axis_passes_plan_tiles_within_their_own_budget_unless_a_tile_needs_more(tmp_path):
+    """Presets and resamplings are memory-bound per-axis passes: their tiles stay within SEPARABLE_TILE_LIMIT
+    of a larger budget (lower peak); layers and chunked outputs get the whole budget, and so does a
+    tile the user asks for that needs more."""
+    from deconv3d_cli.geometry.sizes import MIB, SEPARABLE_TILE_LIMIT
     from deconv3d_cli.layer.presets import Preset
     from deconv3d_cli.layer.resample import ResampleSpec
 
@@ -249,17 +249,17 @@ def test_short_halos_plan_tiles_within_their_own_budget_unless_a_tile_needs_more
     spec = random_spec(np.random.default_rng(3), 1, filters=1, kernel_size=4, strides=2, padding="same")
     cases = [(preset, True), (spec, False), (ResampleSpec.create(interp="linear", scale=2.0), True),
              (ResampleSpec.create(interp="cubic", scale=2.0), True),
-             (ResampleSpec.create(interp="lanczos", scale=2.0), False),
-             (ResampleSpec.create(interp="bspline", scale=2.0), False)]  # fmt: skip
+             (ResampleSpec.create(interp="lanczos", scale=2.0), True),
+             (ResampleSpec.create(interp="bspline", scale=2.0), True)]  # fmt: skip
     for layer, short in cases:
         job = prepare(layer, tmp_path / "in.npy", tmp_path / "o.npy", Options(memory_limit=1024 * MIB))
         job.close()
         assert job.plan.tile_bytes() <= 1024 * MIB
-        assert (job.plan.tile_bytes() <= SHORT_HALO_TILE_LIMIT) == short, layer
+        assert (job.plan.tile_bytes() <= SEPARABLE_TILE_LIMIT) == short, layer
     job = prepare(preset, tmp_path / "in.npy", tmp_path / "o.h5", Options(memory_limit=1024 * MIB))
     job.close()
-    assert job.plan.tile_bytes() > SHORT_HALO_TILE_LIMIT  # chunked outputs: chunks follow the tiles
+    assert job.plan.tile_bytes() > SEPARABLE_TILE_LIMIT  # chunked outputs: chunks follow the tiles
     job = prepare(preset, tmp_path / "in.npy", tmp_path / "o.npy",
                   Options(memory_limit=2048 * MIB, tile=(320, 320, 320)))  # fmt: skip
     job.close()
-    assert job.plan.tile_bytes() > SHORT_HALO_TILE_LIMIT and job.plan.tile_shape == (320, 320, 320)
+    assert job.plan.tile_bytes() > SEPARABLE_TILE_LIMIT and job.plan.tile_shape == (320, 320, 320)

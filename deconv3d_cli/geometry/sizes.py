@@ -104,13 +104,15 @@ def format_bytes(n: float) -> str:
 # 128^3 to .nii.gz), a 1 GiB budget ran no faster than 512 MiB but peaked 0.4-0.5 GiB higher, above
 # SimpleITK's peak on the same job; 256 MiB cut the layer's tiles along rows and ran 20% slower.
 DEFAULT_MEMORY_LIMIT = 512 * MIB
-# The tiles of presets and of short resampling kernels (nearest, linear, cubic) use at most this much of
-# the budget. Their per-axis passes are memory-bound and their halos a few rows: 256^3 trilinear x2 ran
-# as fast in 128 MiB tiles as in 512 MiB ones (.nii.gz 3.50 s against 3.37, .h5 4.39 against 4.63;
-# --scale 1.5 linear 1.68 against 1.78, cubic 1.82 against 1.78; medians of 3) and peaked 0.45 GiB
-# instead of 0.77 (.nii.gz; SimpleITK 0.69), 0.32 GB instead of 0.54 (linear). Not for layers (the
-# 8-filter layer above), lanczos (2.04 s -> 2.68 s) or bspline (2.89 s -> 3.48 s): longer halos.
-SHORT_HALO_TILE_LIMIT = 128 * MIB
+# The tiles of presets and resamplings (per-axis passes) use at most this much of the budget. Their
+# passes are memory-bound: 256^3 trilinear x2 ran as fast in 128 MiB tiles as in 512 MiB ones (.nii.gz
+# 3.50 s against 3.37, .h5 4.39 against 4.63) and peaked 0.45 GiB instead of 0.77 (.nii.gz; SimpleITK
+# 0.69). --scale 1.5 of 256^3 .nii, 512 MiB against 128 MiB tiles, medians of 3: lanczos 2.65 s against
+# 2.60 (0.53 GiB peak against 0.32), bspline 2.81 against 3.01 (0.68 GiB against 0.40; SimpleITK 0.52),
+# its 33-row prefilter halo recomputed over more tiles; --voxel-size 0.5 of 160 x 160 x 64 at 1.2 x 1.2
+# x 3 mm, bspline 2.19 against 2.84 (0.47 GiB against 0.33; SimpleITK 0.35, 8.3 s). Not for layers (the
+# 8-filter layer above), whose tiles cost more halo per voxel.
+SEPARABLE_TILE_LIMIT = 128 * MIB
 # The tile budget is this fraction of a hard limit. The budget covers the tiles only; the same process
 # also holds Python, torch and the package (about 300 MiB resident), the readers' and writers' buffers,
 # and the page cache of the files it streams, which a cgroup charges to the job as well. A quarter

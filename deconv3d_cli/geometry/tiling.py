@@ -273,13 +273,11 @@ def _auto_plan(
     units = [min(u, n) for u, n in zip(units, out)]
     shape = list(out)
     batch_step = batch
-    thinnest = 0
     slow, middle = order[0], order[1]
+    # Below this extent a tile recomputes over ~25% extra input rows (its halo) along that axis.
+    thinnest = [-(-4 * (ax.halo + 1) * ax.stride // u) * u for ax, u in zip(base["axes"], units)]
     if slabs:
-        # Below this depth a slab recomputes over ~25% extra input rows (its halo): cut rows instead.
-        ax = base["axes"][slow]
-        thinnest = -(-4 * (ax.halo + 1) * ax.stride // units[slow]) * units[slow]
-        shape[slow] = min(out[slow], max(_slab_depth(base, batch, out, units[slow], slow), thinnest))
+        shape[slow] = min(out[slow], max(_slab_depth(base, batch, out, units[slow], slow), thinnest[slow]))
         if shape[slow] < out[slow]:
             batch_step = 1  # a tile of several volumes is one run of the file only when it spans them whole
     plan = Plan(tile_shape=tuple(shape), batch_step=batch_step, **base)  # type: ignore[arg-type]
@@ -297,9 +295,9 @@ def _auto_plan(
                 f"{format_bytes(memory_limit)}; raise --memory-limit to at least {format_bytes(need)}",
                 "memory_limit",
             )
-        if slabs and slow in candidates and shape[slow] > thinnest:
+        if slabs and slow in candidates and shape[slow] > thinnest[slow]:
             pick = slow  # whole planes stay contiguous in the file: thinner slabs first
-        elif slabs and middle in candidates:
+        elif slabs and middle in candidates and shape[middle] > thinnest[middle]:
             pick = middle  # then whole rows (runs of the file still long), before recomputing more halo
         else:
             pick = max(candidates, key=lambda a: (shape[a], -a))
