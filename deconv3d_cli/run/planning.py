@@ -71,4 +71,3 @@ def plan_job(
         if not short or limit <= SEPARABLE_TILE_LIMIT:
             raise
         return attempt(limit)
-
