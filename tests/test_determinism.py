@@ -161,6 +161,28 @@ def test_local_cluster_into_zarr_equals_the_single_process_npy(tmp_path):
     assert one.dtype == two.dtype and one.tobytes() == two.tobytes()
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group("dask")
+@pytest.mark.parametrize("path", ["transpose_dnn", "phase_dnn_cl"])
+def test_local_workers_compute_a_thread_count_dependent_formulation_at_the_single_process_count(tmp_path, path):
+    """oneDNN's transposed convolution picks its kernels by the thread count: on this layer and slab
+    a one-thread worker and a two-thread process differed in 142,496 of 413,440 values. A local:N
+    worker runs it at the single process's count; a thread-invariant formulation at its share."""
+    pytest.importorskip("distributed")
+    zarr = pytest.importorskip("zarr", minversion="3")
+    rng = np.random.default_rng(5)
+    src = save_input(tmp_path / "in.npy", rng.standard_normal((19, 17, 40, 5)).astype(np.float32))
+    layer = random_spec(rng, 5, filters=4, kernel_size=4, strides=2, padding="same").save(tmp_path / "layer.yaml")
+    env = env_for(tmp_path)
+    common = ["--spec", layer, "--engine-path", path, "--json"]
+    one = json.loads(cli(env, "upsample", src, "-o", tmp_path / "one.npy", *common).stdout)
+    two = json.loads(cli(env, "upsample", src, "-o", tmp_path / "two.zarr", *common, "--scheduler", "local:2").stdout)
+    cpus = one["torch_threads"]
+    assert two["torch_threads"] == (cpus if path == "transpose_dnn" else max(1, cpus // 2))
+    got = zarr.open_group(str(tmp_path / "two.zarr"), mode="r")["0"][:]
+    assert np.load(tmp_path / "one.npy").tobytes() == got.tobytes()
+
+
 def test_a_separable_kernel_then_a_dense_one_of_the_same_geometry(tmp_path, fresh_tuning):
     """The decision for a separable kernel ('separable') is never handed to a dense one (API and run_job)."""
     rng = np.random.default_rng(3)
@@ -194,6 +216,7 @@ def test_the_phase_formulations_give_the_same_bytes_at_any_thread_count(cin, f, 
     transposed convolution (transpose_dnn*) is not thread-invariant on every shape (the last four
     cases differ at 1 and 2 threads): at a given thread count it is deterministic, checked here too."""
     from deconv3d_cli.engine import choice
+    from deconv3d_cli.engine.formulations import THREAD_INVARIANT
 
     rng = np.random.default_rng(4)
     before = torch.get_num_threads()
@@ -208,7 +231,7 @@ def test_the_phase_formulations_give_the_same_bytes_at_any_thread_count(cin, f, 
                 torch.set_num_threads(threads)
                 results.setdefault(threads, set()).add(engine.whole(x).contiguous().numpy().tobytes())
             assert all(len(r) == 1 for r in results.values()), path  # deterministic at each thread count
-            if path.startswith("phase") or path == "separable":
+            if path in THREAD_INVARIANT:
                 assert results[1] == results[2], path
     finally:
         torch.set_num_threads(before)
@@ -262,6 +285,31 @@ def test_without_a_cache_the_rule_decides_without_timing(tmp_path, fresh_tuning,
 
 
 @pytest.mark.skipif(shutil.which("taskset") is None, reason="needs taskset")
+def test_a_local_worker_shares_the_cpus_only_where_the_bytes_allow():
+    """local:N gives each worker its share of the CPUs (worker_threads) for thread-invariant
+    formulations; a thread-count dependent one runs at the single process's count; --threads wins."""
+    from types import SimpleNamespace
+
+    from deconv3d_cli.run.dask import cluster_options
+    from deconv3d_cli.run.engines import cpu_threads
+    from deconv3d_cli.run.options import ComputeOptions
+    from deconv3d_cli.run.resources import usable_cpus
+
+    def job(**kw):
+        return SimpleNamespace(options=SimpleNamespace(compute=ComputeOptions(**kw)))
+
+    cpus = usable_cpus()
+    shared = job(worker_threads=1)
+    assert [cpu_threads(shared, p) for p in ("phase_dnn", "phase_dnn_cl", "separable", "resample")] == [1] * 4
+    assert [cpu_threads(shared, p) for p in ("transpose_dnn", "transpose_dnn_cl", "transpose", None)] == [cpus] * 4
+    assert cpu_threads(job(threads=3, worker_threads=1), "transpose_dnn") == 3
+    assert cpu_threads(job(), "phase_dnn") == cpus
+    compute = cluster_options(Options(scheduler="local:2")).compute
+    assert compute.threads is None and compute.worker_threads == max(1, cpus // min(2, cpus))
+    compute = cluster_options(Options(scheduler="local:2", threads=3)).compute
+    assert compute.threads == 3 and compute.worker_threads is None
+
+
 def test_threads_follow_the_cpus_the_process_may_use(tmp_path):
     np.save(tmp_path / "in.npy", np.zeros((8, 8, 8), np.float32))
     env = env_for(tmp_path)

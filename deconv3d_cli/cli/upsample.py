@@ -87,7 +87,8 @@ click.option("--interp", type=click.Choice(INTERPOLATORS, case_sensitive=False),
     click.option("--checkpoint-every", type=click.FloatRange(min=0), default=2.0, show_default=True,
                  help="Seconds between making finished tiles durable for --resume (0: after every tile)."),
     click.option("--scheduler", help="Run the tiles as Dask tasks: a scheduler address (tcp://host:8786, or a "
-                 "scheduler JSON file) or local[:N] for N local worker processes. Needs: pip install "
+                 "scheduler JSON file) or local[:N] for N local worker processes, each with its share of the CPUs "
+                 "(all of them for transpose_dnn*, whose bytes depend on the thread count). Needs: pip install "
                  "'deconv3d-cli[dask]'."),
     click.option("--input-shape", help="With --dry-run: plan for a virtual input of this shape (and dtype), "
                  "e.g. 16384,16384,8192,1:uint8; INPUT need not exist."),

@@ -82,7 +82,8 @@ def eligible(engine: Engine) -> list[str]:
     and slabs; its transposed convolution (`transpose_dnn*`) differed in the last bit in about 1 in
     300, outputs of 36 to 481,740 elements (it picks kernels by the thread count). Keeping only the
     phase formulations would make every cluster run thread-invariant but costs 4-7x on layers with
-    kernel <= stride (1->8 k3 s3 96^3: 1224 ms against 377), so they stay eligible, and a cluster
+    kernel <= stride (1->8 k3 s3 96^3: 1224 ms against 377), so they stay eligible: local:N workers
+    run them at the single process's thread count (run/engines.py cpu_threads), and a remote cluster
     run that must match a single process bit for bit is given the same `--threads`. Without oneDNN
     (fp64, CUDA, builds without it) every formulation is eligible.
     """

@@ -37,6 +37,13 @@ PATHS = (
     "phase_dnn_cl",
 )
 DNN_PATHS = tuple(p for p in PATHS if "_dnn" in p)
+# Formulations whose bytes do not depend on the CPU thread count: oneDNN's forward convolution (the
+# phase formulations; benchmarks/thread_sweep.py found no case differing at 1 and 2 threads), and
+# the per-axis passes of `separable` (choice.SEPARABLE) and the resampler (resample.PATH), which are
+# one multiply or one add per element, cut into pieces by shape alone. oneDNN's transposed
+# convolution picks its kernels by the thread count (40 of 10,324 random cases differed in the last
+# bit); torch's generic GEMM splits its sums by it.
+THREAD_INVARIANT = frozenset({"phase_dnn", "phase_dnn_cl", "separable", "resample"})
 COPY_PIECE = 1 << 20  # elements per piece of the phase shuffle's copies (workers.py)
 ONEDNN_MIN_ROWS = 20480  # torch's threshold on N*C*D*H (aten/src/ATen/native/Convolution.cpp, use_mkldnn)
 

@@ -8,7 +8,8 @@ run. For each output the formulation is settled once, by this precedence:
 3. the machine's recorded decision for this layer and slab size (engine/tuning.py), measured and
    recorded the first time.
 
-The CPU thread count is the caller's (`--threads`) or the CPUs this process may use (resources.py).
+The CPU thread count is the caller's (`--threads`) or the CPUs this process may use (resources.py);
+a local:N worker takes its share of them only for a formulation whose bytes do not depend on it.
 """
 
 from __future__ import annotations
@@ -24,8 +25,27 @@ GIVEN = "given"
 FIXED = "the only one"
 
 
-def cpu_threads(job: Job) -> int:
-    return job.options.compute.threads or usable_cpus()
+def cpu_threads(job: Job, path: str | None = None) -> int:
+    """The engine's CPU threads for formulation `path` (None: not chosen yet, as for a single process).
+
+    `--threads` when given; else the CPUs this process may use, which a local:N worker shares with
+    the others (`worker_threads`) only where the bytes do not depend on the count
+    (formulations.THREAD_INVARIANT). Where they do (oneDNN's transposed convolution), the worker runs
+    the single process's count, oversubscribing the cores N times while it computes, so that
+    `--scheduler local:N` writes the single process's bytes.
+    """
+    from ..engine.formulations import THREAD_INVARIANT
+
+    compute = job.options.compute
+    shared = compute.worker_threads if path in THREAD_INVARIANT else None
+    return compute.threads or shared or usable_cpus()
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
 
 
 def engine_for(job: Job, engines: dict[tuple, Any] | None = None) -> Any:
@@ -51,12 +71,13 @@ def settle(job: Job, engine: Any) -> dict[str, Any]:
     """Fix `engine`'s formulation and thread count for this output; returns what the journal records."""
     import torch
 
-    if engine.device.type == "cpu":
-        threads = cpu_threads(job)
-        if torch.get_num_threads() != threads:
-            torch.set_num_threads(threads)
+    cpu = engine.device.type == "cpu"
     if not hasattr(engine, "available_paths"):  # a resampler: one formulation, nothing to choose
+        if cpu:
+            _set_threads(cpu_threads(job, engine.path))
         return {"engine_path": engine.path, "engine_path_source": FIXED, "torch_threads": torch.get_num_threads()}
+    if cpu:
+        _set_threads(cpu_threads(job))  # formulations are timed as a single process runs them
     earlier = journal_header(job.output) if job.options.write.resume else None
     requested = job.options.compute.engine_path
     if earlier and earlier.get("engine_path") in engine.available_paths():
@@ -68,6 +89,8 @@ def settle(job: Job, engine: Any) -> dict[str, Any]:
     else:
         path = engine.choose_path(job.first_slab_shape())
         engine.force_path(path, engine.path_source)
+    if cpu:
+        _set_threads(cpu_threads(job, engine.path))
     return {
         "engine_path": engine.path,
         "engine_path_source": engine.path_source,

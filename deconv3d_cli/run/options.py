@@ -57,6 +57,9 @@ class ComputeOptions:
     boundary: str = "zeros"
     engine_path: str = "auto"  # auto: the machine's recorded decision (engine/tuning.py), or one formulation
     threads: int | None = None  # CPU threads of the engine (None: the CPUs this process may use)
+    # A local:N worker's share of the CPUs, used where the formulation's bytes do not depend on the
+    # thread count (engines.cpu_threads); None outside such a worker.
+    worker_threads: int | None = None
 
 
 @dataclass(frozen=True)

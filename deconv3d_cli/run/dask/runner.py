@@ -41,14 +41,16 @@ __all__ = ["run_one", "run_many", "batch_runner", "cluster_options", "chunk_misa
 
 
 def cluster_options(opts: Options, threads: int | None = None, engine_path: str | None = None) -> Options:
-    """The options tasks run with: `threads` (else, for local:N, the usable CPUs shared out; for a
-    remote cluster, each worker's own CPUs), an explicit formulation, no progress bar on workers."""
+    """The options tasks run with: `threads` (else each worker's own CPUs, which local:N workers share
+    out where the formulation allows: engines.cpu_threads), an explicit formulation, no progress bar."""
     compute = opts.compute
+    shared = None
     if threads is None and compute.threads is None and opts.cluster.scheduler:
         kind, value = parse_scheduler(opts.cluster.scheduler)
         if kind == "local":
-            threads = local_torch_threads(local_workers(value))
-    changed = replace(compute, threads=threads or compute.threads, engine_path=engine_path or compute.engine_path)
+            shared = local_torch_threads(local_workers(value))
+    changed = replace(compute, threads=threads or compute.threads, worker_threads=shared,
+                      engine_path=engine_path or compute.engine_path)  # fmt: skip
     return replace(opts, compute=changed)
 
 
