@@ -3,7 +3,7 @@
     python benchmarks/files_bench.py                       # every row, 3 alternated rounds, quiet
     python benchmarks/files_bench.py --load                # the same under the bench's fixed load
     python benchmarks/files_bench.py --rows preset,spec --formats .nii,.nii.gz --pairs 5
-    python benchmarks/files_bench.py --rows resample --limits 512M    # the default budget against 512 MiB
+    python benchmarks/files_bench.py --rows resample --limits 64M     # the default budget against 64 MiB
 
 Rows (inputs: a float32 phantom, ellipsoids of different intensities plus noise, deterministic):
   preset    `--preset trilinear --scale 2`, 256^3 in (512 MiB out) as .nii, .nii.gz, .h5 and .npy,
@@ -205,8 +205,9 @@ def main() -> None:
     ap.add_argument("--pairs", type=int, default=3, help="alternated rounds per row")
     ap.add_argument("--load", action="store_true", help="one busy process pinned to one CPU throughout")
     ap.add_argument("--workdir", type=Path, default=None, help="where inputs and outputs go (default: a temp dir)")
-    ap.add_argument("--limits", default="", help="also deconv3d at these --memory-limit values, e.g. 512M,64M "
-                    "(one more side each, alternated with the rest: how the default budget compares)")
+    ap.add_argument("--limits", default="", help="also deconv3d at these --memory-limit values, e.g. 64M,32M "
+                    "(one more side each, alternated with the rest: how the default budget compares; presets and "
+                    "resamplings keep within 128 MiB tiles whatever the limit, run/planning.py)")
     args = ap.parse_args()
     wanted = set(args.rows.split(","))
     doc: dict = {"machine": machine_line(), "load": args.load, "rows": []}
