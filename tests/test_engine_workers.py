@@ -1,6 +1,6 @@
 """The engine's own threads (engine/workers.py): pieces run once each, errors reach the caller, and work
-cut into pieces (the separable passes, the phase shuffle) is the same bytes as in one piece, at any
-thread count; OpenMP's waiting threads sleep (engine/openmp.py)."""
+cut into pieces (the separable passes, the phase shuffle, the resampler's passes) is the same bytes as
+in one piece, at any thread count; OpenMP's waiting threads sleep (engine/openmp.py)."""
 
 from __future__ import annotations
 
@@ -110,3 +110,21 @@ def test_openmp_waits_are_passive_unless_the_user_said_otherwise():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "ACTIVE"},
                          capture_output=True, text=True, check=True)  # fmt: skip
     assert out.stdout.strip() == "ACTIVE"
+
+
+@pytest.mark.parametrize("interp", ["linear", "bspline", "lanczos"])
+def test_resampling_in_pieces_is_the_same_bytes_at_any_thread_count(monkeypatch, threads, interp):
+    """What lets a local:N worker run a resampling at its share of the CPUs (formulations.THREAD_INVARIANT)."""
+    from deconv3d_cli.engine import resample
+    from deconv3d_cli.layer.resample import ResampleSpec
+
+    spec = ResampleSpec.create(scale=(1.5, 2.5, 1.25), interp=interp)
+    x = np.random.default_rng(4).uniform(0, 1000, (1, 2, 13, 9, 17)).astype(np.float32)
+    monkeypatch.setattr(resample, "PIECE_BLOCKS", 1 << 40)
+    whole = resample.Resampler(spec, spec.grid(x.shape[2:]), 2).whole(x).numpy().tobytes()
+    monkeypatch.setattr(resample, "CHUNK", 37)
+    monkeypatch.setattr(resample, "PIECE_BLOCKS", 1)
+    engine = resample.Resampler(spec, spec.grid(x.shape[2:]), 2)
+    for n in (1, 2, 3):
+        threads(n)
+        assert engine.whole(x).numpy().tobytes() == whole, n
