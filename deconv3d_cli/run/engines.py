@@ -41,7 +41,8 @@ def cpu_threads(job: Job, path: str | None = None) -> int:
     return compute.threads or shared or usable_cpus()
 
 
-def _set_threads(threads: int) -> None:
+def set_threads(threads: int) -> None:
+    """torch's intra-op thread count, changed only when it differs (a change rebuilds its pool)."""
     import torch
 
     if torch.get_num_threads() != threads:
@@ -71,13 +72,20 @@ def settle(job: Job, engine: Any) -> dict[str, Any]:
     """Fix `engine`'s formulation and thread count for this output; returns what the journal records."""
     import torch
 
-    cpu = engine.device.type == "cpu"
-    if not hasattr(engine, "available_paths"):  # a resampler: one formulation, nothing to choose
-        if cpu:
-            _set_threads(cpu_threads(job, engine.path))
-        return {"engine_path": engine.path, "engine_path_source": FIXED, "torch_threads": torch.get_num_threads()}
-    if cpu:
-        _set_threads(cpu_threads(job))  # formulations are timed as a single process runs them
+    choosing = hasattr(engine, "available_paths")  # a resampler: one formulation, nothing to choose
+    if choosing:
+        _choose(job, engine)
+    if engine.device.type == "cpu":
+        set_threads(cpu_threads(job, engine.path))
+    return {
+        "engine_path": engine.path,
+        "engine_path_source": engine.path_source if choosing else FIXED,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _choose(job: Job, engine: Any) -> None:
+    """The formulation, by the precedence above; measured at the single process's thread count."""
     earlier = journal_header(job.output) if job.options.write.resume else None
     requested = job.options.compute.engine_path
     if earlier and earlier.get("engine_path") in engine.available_paths():
@@ -87,12 +95,7 @@ def settle(job: Job, engine: Any) -> dict[str, Any]:
     elif engine.forced is not None:  # an engine its caller fixed keeps its formulation
         engine.path = engine.forced
     else:
+        if engine.device.type == "cpu":
+            set_threads(cpu_threads(job))
         path = engine.choose_path(job.first_slab_shape())
         engine.force_path(path, engine.path_source)
-    if cpu:
-        _set_threads(cpu_threads(job, engine.path))
-    return {
-        "engine_path": engine.path,
-        "engine_path_source": engine.path_source,
-        "torch_threads": torch.get_num_threads(),
-    }

@@ -64,10 +64,10 @@ def plan_job(
         except PlanError as exc:
             raise InputError(exc.message, param=exc.param) from None
 
-    limit, short = compute.memory_limit, not isinstance(layer, LayerSpec) and not facts.chunked
+    limit, capped = compute.memory_limit, not isinstance(layer, LayerSpec) and not facts.chunked
     try:
-        return attempt(min(limit, SEPARABLE_TILE_LIMIT) if short else limit)
+        return attempt(min(limit, SEPARABLE_TILE_LIMIT) if capped else limit)
     except InputError:
-        if not short or limit <= SEPARABLE_TILE_LIMIT:
+        if not capped or limit <= SEPARABLE_TILE_LIMIT:
             raise
         return attempt(limit)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ...io import formats
-from ..engines import cpu_threads, engine_for, settle
+from ..engines import cpu_threads, engine_for, set_threads, settle
 from ..job import Job
 from ..tiles import Counts, process_tile
 
@@ -97,9 +97,8 @@ def run_tile(ctx: TaskContext, tiles: Sequence[Any]) -> dict[str, Any]:
     started = time.perf_counter()
     activity = ActivityAccumulator(job.activity_regularizer)
     engine = _engine(job)
-    threads = cpu_threads(job, ctx.engine_path)
-    if engine.device.type == "cpu" and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
+    if engine.device.type == "cpu":
+        set_threads(cpu_threads(job, ctx.engine_path))
     if hasattr(engine, "force_path") and engine.forced != ctx.engine_path:
         engine.force_path(ctx.engine_path, "cluster")
     if hasattr(engine, "force_path") and id(engine) not in _WARM:  # one-time set-up before memory is measured
