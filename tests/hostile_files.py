@@ -61,12 +61,34 @@ def write_zip(path: Path, members: list[Member]) -> Path:
         name = m.name.encode()
         method = 8 if m.deflated else 0
         offset = out.tell()
-        out.write(struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, m.crc, len(m.raw), m.size,
-                              len(name), 0))
+        out.write(
+            struct.pack("<IHHHHHIIIHH", 0x04034B50, 20, 0, method, 0, 0x21, m.crc, len(m.raw), m.size, len(name), 0)
+        )
         out.write(name)
         out.write(m.raw)
-        central.append(struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 20, 20, 0, method, 0, 0x21, m.crc,
-                                   len(m.raw), m.size, len(name), 0, 0, 0, 0, 0, offset) + name)
+        central.append(
+            struct.pack(
+                "<IHHHHHHIIIHHHHHII",
+                0x02014B50,
+                20,
+                20,
+                0,
+                method,
+                0,
+                0x21,
+                m.crc,
+                len(m.raw),
+                m.size,
+                len(name),
+                0,
+                0,
+                0,
+                0,
+                0,
+                offset,
+            )
+            + name
+        )
     start = out.tell()
     for c in central:
         out.write(c)

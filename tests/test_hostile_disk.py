@@ -58,8 +58,22 @@ def volume(tmp_path: Path) -> Path:
 
 def upsample(src: Path, target: Path, *extra: object, limits: dict | None = None):
     # A fixed formulation: no timing runs before the write (these cases are about the write).
-    return cli("upsample", src, "-o", target, "--preset", "trilinear", "--scale", 2, "--no-progress", "--overwrite",
-               "--engine-path", "transpose", *extra, limits=limits)
+    return cli(
+        "upsample",
+        src,
+        "-o",
+        target,
+        "--preset",
+        "trilinear",
+        "--scale",
+        2,
+        "--no-progress",
+        "--overwrite",
+        "--engine-path",
+        "transpose",
+        *extra,
+        limits=limits,
+    )
 
 
 def failed_cleanly(res, target: Path, *fragments: str) -> str:
@@ -104,7 +118,7 @@ from deconv3d_cli.io import space, Destination, VolumeMeta
 from deconv3d_cli.io.npy import NpyWriter
 from deconv3d_cli import RunError
 space.reserve = lambda fd, n, path: False
-w = NpyWriter(Destination(Path({str(disk / '.partial-o.npy')!r}), (128, 128, 160), np.float32, VolumeMeta()))
+w = NpyWriter(Destination(Path({str(disk / ".partial-o.npy")!r}), (128, 128, 160), np.float32, VolumeMeta()))
 assert not w.mapped
 try:
     for d in range(0, 128, 8):
@@ -136,7 +150,7 @@ import numpy as np
 from pathlib import Path
 from deconv3d_cli.io import create_writer, VolumeMeta
 from deconv3d_cli import RunError
-w = create_writer(Path({str(disk / '.partial-o.h5')!r}), "hdf5", (64, 256, 256), np.float32, VolumeMeta())
+w = create_writer(Path({str(disk / ".partial-o.h5")!r}), "hdf5", (64, 256, 256), np.float32, VolumeMeta())
 rng = np.random.default_rng(0)
 try:
     for d in range(0, 64, 4):
@@ -220,14 +234,17 @@ def test_check_space_refuses_past_the_file_size_limit(tmp_path):
 from deconv3d_cli.io import check_space
 from deconv3d_cli import RunError
 try:
-    check_space({str(tmp_path / 'o.npy')!r}, 8 << 20)
+    check_space({str(tmp_path / "o.npy")!r}, 8 << 20)
 except RunError as exc:
     print(exc)
-check_space({str(tmp_path / 'o.npy')!r}, 1 << 20)
-check_space({str(tmp_path / 'o.npy')!r}, 8 << 20, compressed=True)
+check_space({str(tmp_path / "o.npy")!r}, 1 << 20)
+check_space({str(tmp_path / "o.npy")!r}, 8 << 20, compressed=True)
 """
     res = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
         preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (4 << 20, 4 << 20)),
     )
     assert res.returncode == 0, res.stderr

@@ -56,8 +56,19 @@ def refused(args: list, *fragments: str) -> str:
 
 
 def upsample_args(src: Path, out: Path, *extra: str) -> list:
-    return ["upsample", src, "-o", out / "out.npy", "--preset", "nearest", "--scale", "2", "--overwrite",
-            "--no-progress", *extra]
+    return [
+        "upsample",
+        src,
+        "-o",
+        out / "out.npy",
+        "--preset",
+        "nearest",
+        "--scale",
+        "2",
+        "--overwrite",
+        "--no-progress",
+        *extra,
+    ]
 
 
 # ----------------------------------------------------------------------------------------- files
@@ -133,14 +144,23 @@ def h5_virtual(tmp: Path, source: str = "src.h5") -> Path:
 
 def h5_lz4(tmp: Path) -> Path:
     """A gzip dataset whose filter pipeline is rewritten to say LZ4 (filter 32004), which h5py lacks."""
-    path = h5(tmp, "lz4.h5", lambda f: f.create_dataset("data", data=np.ones((16, 16, 16), np.float32),
-                                                        chunks=(8, 8, 8), compression="gzip"))
+    path = h5(
+        tmp,
+        "lz4.h5",
+        lambda f: f.create_dataset(
+            "data", data=np.ones((16, 16, 16), np.float32), chunks=(8, 8, 8), compression="gzip"
+        ),
+    )
     raw = path.read_bytes()
     at = raw.index(b"deflate\x00")
     fid, name_len, flags, nvalues = struct.unpack("<HHHH", raw[at - 8 : at])
     assert fid == 1
-    path.write_bytes(raw[: at - 8] + struct.pack("<HHHH", 32004, name_len, flags, nvalues) + b"lz4\x00\x00\x00\x00\x00"
-                     + raw[at + 8 :])
+    path.write_bytes(
+        raw[: at - 8]
+        + struct.pack("<HHHH", 32004, name_len, flags, nvalues)
+        + b"lz4\x00\x00\x00\x00\x00"
+        + raw[at + 8 :]
+    )
     return path
 
 
@@ -242,8 +262,16 @@ def test_upsample_refuses_in_one_line(case, tmp_path, out):
 
 
 @pytest.mark.parametrize(
-    "case", ["h5-external-raw-storage", "h5-external-link-only", "h5-virtual-dataset", "h5-null-dataspace",
-             "npy-negative-dim", "zarr-zero-chunk-shape", "h5-zero-length-axis"]
+    "case",
+    [
+        "h5-external-raw-storage",
+        "h5-external-link-only",
+        "h5-virtual-dataset",
+        "h5-null-dataspace",
+        "npy-negative-dim",
+        "zarr-zero-chunk-shape",
+        "h5-zero-length-axis",
+    ],
 )
 def test_inspect_refuses_in_one_line(case, tmp_path):
     build, fragments = CASES[case]
@@ -260,8 +288,14 @@ def test_external_raw_storage_never_reaches_the_output(tmp_path, out):
 
 def test_external_link_named_with_dataset_is_refused(tmp_path, out):
     source_h5(tmp_path)
-    src = h5(tmp_path, "mixed.h5", lambda f: (f.create_dataset("own", data=np.ones((4, 4, 4), np.float32)),
-                                              f.__setitem__("far", h5py.ExternalLink("src.h5", "/data"))))
+    src = h5(
+        tmp_path,
+        "mixed.h5",
+        lambda f: (
+            f.create_dataset("own", data=np.ones((4, 4, 4), np.float32)),
+            f.__setitem__("far", h5py.ExternalLink("src.h5", "/data")),
+        ),
+    )
     refused(upsample_args(src, out, "--dataset", "far"), "external link to", "src.h5:/data")
     untouched(out)
 
@@ -388,3 +422,36 @@ def test_an_input_with_absurd_channels_is_refused_before_weights_are_drawn():
         spec.materialise(100_000)
     with pytest.raises(SpecError, match="weights, over the limit"):
         spec.materialise(60_000)
+
+
+def test_hdf5_missing_chunks_in_many_small_chunks_match_a_brute_force_count(tmp_path):
+    # 24^3 in 1x2x3 chunks: 12 x 12 x 8 = 1152 chunks, a scattered third of them never written
+    rng = np.random.default_rng(7)
+    written = rng.random((24, 12, 8)) < 0.66
+
+    def build(f: h5py.File) -> None:
+        ds = f.create_dataset("data", shape=(24, 24, 24), dtype="u1", chunks=(1, 2, 3))
+        for k in zip(*np.nonzero(written)):
+            ds[k[0], 2 * k[1] : 2 * k[1] + 2, 3 * k[2] : 3 * k[2] + 3] = 1
+
+    reader = open_reader(h5(tmp_path, "many.h5", build))
+    boxes = [(slice(0, 5), slice(3, 17), slice(0, 24)), (slice(4, 24), slice(0, 9), slice(10, 11))]
+    seen = np.zeros_like(written)
+    for box in boxes:
+        reader.read(box)
+        seen[box[0], box[1].start // 2 : -(-box[1].stop // 2), box[2].start // 3 : -(-box[2].stop // 3)] = True
+        assert reader.missing_chunks == int(np.count_nonzero(seen & ~written))
+    reader.close()
+
+
+def test_hdf5_input_truncated_while_read_is_refused_not_read_as_zeros(tmp_path):
+    path = tmp_path / "cut.h5"
+    with h5py.File(path, "w") as f:
+        f.create_dataset("data", data=np.arange(32 * 32 * 32, dtype=np.float32).reshape(32, 32, 32) + 1)
+    reader = open_reader(path)
+    first = reader.read((slice(0, 16), slice(None), slice(None)))
+    assert first.min() > 0
+    os.truncate(path, path.stat().st_size // 2)  # another process cuts the file short mid-run
+    with pytest.raises(InputError, match="truncated while it was being read"):
+        reader.read((slice(16, 32), slice(None), slice(None)))
+    reader.close()

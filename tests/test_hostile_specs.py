@@ -181,8 +181,21 @@ def test_the_bounded_reader_reads_ordinary_documents():
 
 # ----------------------------------------------------------------------------------------- spec init
 def test_spec_init_huge_filters_is_refused_before_allocating(tmp_path):
-    res = cli("spec", "init", "--filters", 10_000_000, "--kernel-size", 4, "--strides", 2, "--in-channels", 1,
-              "-o", tmp_path / "s.yaml", limits=AS_LIMIT)
+    res = cli(
+        "spec",
+        "init",
+        "--filters",
+        10_000_000,
+        "--kernel-size",
+        4,
+        "--strides",
+        2,
+        "--in-channels",
+        1,
+        "-o",
+        tmp_path / "s.yaml",
+        limits=AS_LIMIT,
+    )
     assert res.code == 2, res
     one_error_line(res.lines, "field 'filters'", "over the limit of 65536")
     assert res.peak_mib < PEAK_MIB, res.peak_mib
@@ -219,8 +232,11 @@ def torch_bomb(path: Path, mib: int) -> Path:
     with zipfile.ZipFile(io.BytesIO(buf.getvalue())) as z:
         for info in z.infolist():
             data = z.read(info)
-            members.append(zeros_bomb(info.filename, data, mib) if info.filename.endswith("/data/0") else
-                           stored(info.filename, data))
+            members.append(
+                zeros_bomb(info.filename, data, mib)
+                if info.filename.endswith("/data/0")
+                else stored(info.filename, data)
+            )
     return write_zip(path, members)
 
 

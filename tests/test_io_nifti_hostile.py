@@ -191,7 +191,15 @@ def test_file_size_limit_is_one_line_exit_1_and_leaves_nothing(tmp_path, suffix)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     r = cli(
-        "upsample", src, "-o", out_dir / f"o{suffix}", "--preset", "nearest", "--scale", "1", "--no-progress",
+        "upsample",
+        src,
+        "-o",
+        out_dir / f"o{suffix}",
+        "--preset",
+        "nearest",
+        "--scale",
+        "1",
+        "--no-progress",
         fsize=2 << 20,
     )
     assert r.returncode == 1, r.stderr

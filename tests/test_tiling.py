@@ -296,7 +296,7 @@ def test_softmax_channels_first_forces_full_width_tiles():
         ("3TiB", 3 << 40),
         ("7k", 7 << 10),
         (" 8 kib ", 8192),
-        ("1G", 1 << 30)  # binary, as SLURM reads it (tests/test_sizes.py has the rest),
+        ("1G", 1 << 30),  # binary, as SLURM reads it (tests/test_sizes.py has the rest),
     ],
 )
 def test_parse_bytes(text, value):

@@ -84,6 +84,9 @@ class Deconv3dGroup(click.Group):
         _ARGV[:] = argv
         del _EMITTED[:]
         as_json = "--json" in argv
+        from ..run.stop import STOP
+
+        STOP.own_process = args is None  # the program itself, not a caller passing arguments
         try:
             code = super().main(args=argv, prog_name=prog_name or "deconv3d", standalone_mode=False, **extra)
         except click.exceptions.Abort:
@@ -93,6 +96,7 @@ class Deconv3dGroup(click.Group):
             hint = f" (see {exc.ctx.command_path} --help)" if isinstance(exc, click.UsageError) and exc.ctx else ""
             code = _fail(f"{where}{exc.format_message()}{hint}", exc.exit_code, as_json)
         code = 0 if code is None else int(code)
+        STOP.exiting = True  # a signal from here on must not raise inside an exit handler
         if not standalone_mode:
             return code
         if args is None:  # the program itself (console script, python -m): its process ends here
@@ -163,6 +167,9 @@ def _stopped(exc: Any, as_json: bool) -> int:
     else:
         kept = f"stopped by {exc}: nothing was written"
     click.echo(f"deconv3d: {kept}; continue with: {again}", err=True)
+    from ..run.stop import STOP
+
+    STOP.said = True
     if as_json and not _EMITTED:
         doc = report.as_json() if report is not None else {"status": "stopped", "tiles_kept": exc.kept}
         emit_json({**doc, "error": kept}, exc.exit_code)

@@ -40,8 +40,7 @@ def lines(report: dict[str, Any], dry_run: bool | None) -> list[str]:
 
 def _done(report: dict[str, Any]) -> str:
     text = (
-        f"  done in {report['seconds']:.2f} s on {report['device']} "
-        f"({(report['voxels_per_s'] or 0) / 1e6:.1f} Mvox/s)"
+        f"  done in {report['seconds']:.2f} s on {report['device']} ({(report['voxels_per_s'] or 0) / 1e6:.1f} Mvox/s)"
     )
     if report.get("resumed_tiles"):
         text += f", {report['resumed_tiles']} tiles resumed"

@@ -40,8 +40,9 @@ class _Pool:
         self.wake = threading.Condition()
         self.job: _Job | None = None
         self.generation = 0
-        self.threads = [threading.Thread(target=self._loop, name=f"deconv3d-engine-{i}", daemon=True)
-                        for i in range(size)]
+        self.threads = [
+            threading.Thread(target=self._loop, name=f"deconv3d-engine-{i}", daemon=True) for i in range(size)
+        ]
         for t in self.threads:
             t.start()
         self.ready.wait()  # every worker has set its own intra-op thread count to one

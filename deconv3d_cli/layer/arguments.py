@@ -184,8 +184,6 @@ def refuse_unknown(data: Mapping[str, Any], valid: Sequence[str], source: str | 
             raise SpecError(f"unknown key{hint}", source=source, field=str(key))
 
 
-
-
 def keras_arguments(mapping: Any, source: str | None) -> dict[str, Any]:
     """The Keras arguments (and our own keys) of a spec mapping, unwrapping Keras's serialised
     `{class_name, config, build_config}` form, every key checked against the known ones."""

@@ -34,6 +34,8 @@ from .options import Options
 from .stop import STOP, Interrupted
 from .tiles import Counts, compute_tile, read_tile, write_tile
 
+READER_GRACE = 1.0  # seconds a stop waits for a read in progress before leaving it behind
+
 
 class _Stop(Exception):
     """Raised in a stage when another stage has failed or the run is stopping."""
@@ -50,9 +52,10 @@ def _put(q: queue.Queue[Any], item: Any, stop: threading.Event) -> None:
             continue
 
 
-def _get(q: queue.Queue[Any], stop: threading.Event) -> Any:
+def _get(q: queue.Queue[Any], stop: threading.Event, also: threading.Event | None = None) -> Any:
+    """The next item of `q`; `_Stop` once `stop` (or `also`, e.g. a signal's request) is set."""
     while True:
-        if stop.is_set():
+        if stop.is_set() or (also is not None and also.is_set()):
             raise _Stop
         try:
             return q.get(timeout=0.1)
@@ -129,6 +132,7 @@ class Pipeline:
         self.busy = {"compute": 0.0, "write": 0.0}
         self.skipped: frozenset[int] = frozenset()
         self.sent_end = False  # the compute stage has told the writer there are no more tiles
+        self.reader_busy = False  # a stop left the reader thread inside a read: the input stays open
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -167,7 +171,8 @@ class Pipeline:
             self._discard(target)
             raise
         finally:
-            job.close()
+            if not self.reader_busy:  # closing would wait for the read (h5py holds one lock for both)
+                job.close()
         now = time.perf_counter()
         job.timings.update(compute=self.busy["compute"], write=self.busy["write"], commit=now - committing)
         job.timings["run"] = now - computing
@@ -234,14 +239,27 @@ class Pipeline:
         STOP.check()
 
     def _join(self, threads: list[threading.Thread]) -> None:
-        """Wait for the stages; on a stop request the writer first drains the tiles already computed."""
+        """Wait for the stages; on a stop request the writer first drains the tiles already computed.
+
+        A stop does not wait for a read in progress: its slab would only be thrown away, and one read
+        of a slow or damaged input can take minutes. After READER_GRACE the reader thread (a daemon)
+        is left to end with the process, and the input is not closed under it.
+        """
         if STOP.event.is_set() and not self.stop.is_set():
             self._drain()
-        for t in threads:
+        reader, *others = threads
+        for t in others:
             while t.is_alive():
                 t.join(timeout=0.2)
                 if self.errors:
                     self.stop.set()
+        waited = 0.0
+        while reader.is_alive():
+            reader.join(timeout=0.2)
+            waited += 0.2
+            if STOP.event.is_set() and waited >= READER_GRACE:
+                self.reader_busy = True
+                return
 
     def _drain(self) -> None:
         """Stopping between tiles: the reader stops (it watches STOP); computed tiles still reach the writer."""
@@ -282,7 +300,7 @@ class Pipeline:
         self.pool = pool
         while True:
             STOP.check()
-            item = _get(self.q_in, self.stop)
+            item = _get(self.q_in, self.stop, STOP.event)  # a signal must not wait for a slow read
             if item is None:
                 break
             tile, slab = item
