@@ -138,7 +138,7 @@ def test_channels_series_formats_batch_and_dry_run(tmp_path):
 
 def test_cli_spells_out_every_interpolator():
     """--interp lists the names (its --help imports nothing): keep them in step with layer.interpolators."""
-    from deconv3d_cli.cli.upsample import INTERPOLATORS
+    from deconv3d_cli.cli.upsample_options import INTERPOLATORS
     from deconv3d_cli.layer.interpolators import INTERPOLATORS as DEFINED
 
     assert list(INTERPOLATORS) == list(DEFINED)

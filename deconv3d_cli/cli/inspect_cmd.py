@@ -12,7 +12,7 @@ from .main import CONTEXT, emit_json, main
 
 @main.command("inspect", context_settings=CONTEXT)
 @click.argument("file", type=click.Path(path_type=Path))
-@click.option("--dataset", help="HDF5 dataset path (automatic when the file holds one).")
+@click.option("--dataset", help="HDF5/Zarr dataset path (automatic when the file holds one).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON on stdout.")
 @click.option("--preview", "preview_png", type=click.Path(path_type=Path), help="Draw the mid-slices to a PNG.")
 @click.option(

@@ -181,11 +181,13 @@ def _stopped(exc: Any, as_json: bool) -> int:
 @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
 @click.pass_context
 def main(ctx: click.Context, debug: bool) -> None:
-    """Upsample 3-D volumes with a Keras Conv3DTranspose layer, exactly, on CPU or CUDA.
+    """Upsample 3-D volumes, streamed and resumable, on CPU or CUDA: with a Keras Conv3DTranspose layer
+    (exactly), a weight-free preset, or a resampling to a voxel size, scale, shape or another file's grid.
 
     \b
     Examples:
       deconv3d upsample scan.npy -o scan_x2.npy --spec layer.yaml
+      deconv3d upsample scan.nii.gz -o iso.nii.gz --voxel-size 0.5
       deconv3d spec validate layer.yaml
     \b
     Shell completion (bash; zsh and fish alike): eval "$(_DECONV3D_COMPLETE=bash_source deconv3d)"

@@ -7,112 +7,30 @@ from pathlib import Path
 from typing import Any
 
 import click
+import cloup
 
-from . import params
+from ..layer import presets, resample
 from .main import CONTEXT, emit_json, error_line, main
 from .report import file_printer, lines
+from .upsample_options import LAYER_BOUNDARY, upsample_options
 
-# engine.formulations.PATHS and engine.SEPARABLE, spelled out so that --help never imports torch
-ENGINE_PATHS = ["auto", "transpose", "transpose_cl", "transpose_dnn", "transpose_dnn_cl", "phase", "phase_cl",
-                "phase_dnn", "phase_dnn_cl", "separable"]  # fmt: skip
 BATCH_ONLY = ("from_list", "skip_existing", "fail_fast", "shard", "output_format")
-# layer.interpolators.INTERPOLATORS, spelled out so that --help imports nothing (a test keeps them in step)
-INTERPOLATORS = ["nearest", "linear", "cubic", "bspline", "lanczos"]
 GRID_FLAGS = ("voxel_size", "shape", "like", "interp")
 
 
-PATH = click.Path(path_type=Path)
-# The command's options, in the order --help lists them.
-OPTIONS = [
-    click.argument("inputs", nargs=-1, type=PATH),
-    click.option("-o", "--output", type=PATH, help="Output file (.npy, .h5, .nii, .nii.gz, .zarr)."),
-    click.option("-O", "--output-dir", type=PATH, help="Output folder for many inputs (created if missing)."),
-    click.option("--from-list", type=click.File("r"), help="Read input paths from FILE, one a line ('-': stdin)."),
-    click.option("--name-template", default="{stem}_x{scale}{ext}", show_default=True,
-                 help="Output names with -O; placeholders {stem} {name} {ext} {scale} {parent} {index}."),
-    click.option("--output-format",
-                 help="Output format with -O: npy, h5, nii, nii.gz or zarr (default: the input's)."),
-    click.option("--skip-existing", is_flag=True, help="With -O: leave finished outputs alone."),
-    click.option("--fail-fast", is_flag=True, help="With -O: stop at the first failed file."),
-    click.option("--shard", callback=params.shard, help="With -O: process only part I of N of the inputs (I/N)."),
-    click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
-    click.option("-v", "--verbose", is_flag=True, help="Print the plan of each file."),
-    click.option("--spec", "spec_path", type=PATH, help="Layer spec (YAML) with its weights."),
-    click.option("--preset",
-                 help="Weight-free upsampling instead of a spec: nearest or trilinear (see `presets`)."),
-    click.option("--scale", help="Scale per axis: 2, or D,H,W such as 2,2,3 (integers with --preset; real factors "
-             ">= 1 such as 1.5 with --interp, which is linear by default)."),
-click.option("--voxel-size", help="Resample to this voxel size: V or V,V,V in the file's units (mm for NIfTI)."),
-click.option("--shape", help="Resample to this many voxels: D,H,W (at least the input's)."),
-click.option("--like", type=PATH, help="Resample onto the grid of REF (its shape, spacing and origin)."),
-click.option("--interp", type=click.Choice(INTERPOLATORS, case_sensitive=False),
-             help="Interpolator for --voxel-size/--scale/--shape/--like: nearest, linear (default), cubic (Keys "
-             "a=-0.5), bspline (cubic, prefiltered) or lanczos (SimpleITK's windowed sinc, radius 5)."),
-    click.option("--boundary", type=click.Choice(["zeros", "replicate", "reflect"], case_sensitive=False),
-                 help="Input boundary: zeros is Keras's padding.  "
-                 "[default: replicate for presets, zeros for specs]"),
-    click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N."),
-    click.option("--precision", type=click.Choice(["fp32", "fp64", "bf16", "fp16"], case_sensitive=False),
-                 default="fp32", show_default=True, help="Compute precision."),
-    click.option("--memory-limit", callback=params.memory,
-                 help="Memory budget for tiles: K/M/G/T (or KiB..TiB) are powers of 1024 as in SLURM, KB/MB/GB/TB "
-                 "powers of 1000.  [default: 1GiB, or a quarter of the cgroup/SLURM memory limit when smaller]"),
-    click.option("--tile", callback=params.tile,
-                 help="Output tile D,H,W in voxels (default: sized from the budget)."),
-    click.option("--dataset", help="HDF5/Zarr input dataset path (automatic when the file holds one)."),
-    click.option("--output-dataset", help="HDF5/Zarr output dataset path."),
-    click.option("--allow-external-data", "allow_external", is_flag=True,
-                 help="Let an HDF5 input read external raw files, external links and virtual datasets."),
-    click.option("--compression-level", type=click.IntRange(0, 9),
-                 help="gzip level of .h5 and .nii.gz output, 0 = none.  [default: 1]"),
-    click.option("--chunks", callback=params.tile, help="HDF5/Zarr output chunk D,H,W (default: about 1 MiB)."),
-    click.option("--output-dtype", default="float32", show_default=True,
-                 help="float32, float64, float16, keep, int16, ..."),
-    click.option("--overwrite", "--force", "-f", "overwrite", is_flag=True, help="Replace an existing output."),
-    click.option("--resume", is_flag=True, help="Continue the partial output of a stopped or killed run."),
-    click.option("--dry-run", is_flag=True, help="Print the plan and write nothing (refuses what the run would)."),
-    click.option("--json", "as_json", is_flag=True, help="Print one JSON report on stdout, whatever happens."),
-    click.option("--progress/--no-progress", default=True, show_default=True, help="Progress bar on stderr."),
-    click.option("--threads", type=click.IntRange(min=1),
-                 help="CPU threads for the engine (default: the CPUs this process may use)."),
-    click.option("--engine-path", type=click.Choice(ENGINE_PATHS), default="auto", show_default=True,
-                 help="Engine formulation. auto: decided once per machine and layer, recorded in the tuning cache "
-                 "(DECONV3D_TUNING_DIR, default ~/.cache/deconv3d/tuning; DECONV3D_TUNING=off: a fixed rule), so "
-                 "the same command writes the same bytes. All are exact; a different --memory-limit or --tile "
-                 "changes the tiles, and outputs then agree to float rounding, not always to the bit."),
-    click.option("--fourth-axis", type=click.Choice(["auto", "channels", "series"], case_sensitive=False),
-                 default="auto", show_default=True, help="A 4-D NIfTI's 4th axis: channels, or a series of "
-                 "volumes (auto: channels when its length is the layer's input channels)."),
-    click.option("--preview", "preview_png", type=PATH, help="Also draw input/output mid-slices to a new PNG."),
-    click.option("--checkpoint-every", type=click.FloatRange(min=0), default=2.0, show_default=True,
-                 help="Seconds between making finished tiles durable for --resume (0: after every tile)."),
-    click.option("--scheduler", help="Run the tiles as Dask tasks: a scheduler address (tcp://host:8786, or a "
-                 "scheduler JSON file) or local[:N] for N local worker processes, each with its share of the CPUs "
-                 "(all of them for transpose_dnn*, whose bytes depend on the thread count). Needs: pip install "
-                 "'deconv3d-cli[dask]'."),
-    click.option("--input-shape", help="With --dry-run: plan for a virtual input of this shape (and dtype), "
-                 "e.g. 16384,16384,8192,1:uint8; INPUT need not exist."),
-    params.debug_option,
-]  # fmt: skip
-
-
-def _options(f: Any) -> Any:
-    for decorate in reversed(OPTIONS):
-        f = decorate(f)
-    return f
-
-
-@main.command(context_settings=CONTEXT)
-@_options
+@main.command(cls=cloup.Command, context_settings=CONTEXT)
+@upsample_options
 @click.pass_context
 def upsample(ctx: click.Context, **p: Any) -> None:
-    """Apply a Conv3DTranspose layer (or a preset) to INPUT... and write the upsampled volumes.
+    """Upsample INPUT... with a layer or a preset, or resample it onto a finer grid.
 
     \b
     Examples:
-      deconv3d upsample scan.npy -o scan_x2.npy --spec sample_data/sample_spec.yaml
-      deconv3d upsample 'scans/*.nii.gz' -O out/ --preset trilinear --scale 2 --json
-      find scans -name '*.h5' | deconv3d upsample --from-list - -O out/ --spec layer.yaml --skip-existing
+      deconv3d upsample scan.npy -o scan_x2.npy --spec layer.yaml            # a Keras layer
+      deconv3d upsample scan.nii.gz -o x2.nii.gz --preset trilinear --scale 2  # a preset
+      deconv3d upsample scan.nii.gz -o iso.nii.gz --voxel-size 0.5 --interp bspline  # 0.5 mm voxels
+      deconv3d upsample scan.nii.gz -o on_ref.nii.gz --like ref.nii.gz       # another file's grid
+      deconv3d upsample 'scans/*.nii.gz' -O out/ --preset trilinear --scale 2 --json   # a batch
     \b
     Stopping (Ctrl-C, SIGTERM) keeps every finished tile: exit 130/143 and the command that continues
     (the same with --resume; a batch with --skip-existing --resume).
@@ -192,6 +110,8 @@ def layer_of(spec_path: Path | None, preset: str | None, scale: str | None, grid
                 "give the layer with --spec SPEC.yaml, a preset (--preset trilinear --scale 2), or a grid "
                 "(--scale 1.5, --voxel-size 0.5, --shape D,H,W or --like REF)"
             )
+        if named == ["--interp"] and scale is None:
+            raise click.UsageError("--interp needs a grid option: --voxel-size, --scale, --shape or --like")
         return _resampling(scale, grid)
     if preset is None:
         if scale is not None:
@@ -219,15 +139,15 @@ def _resampling(scale: str | None, grid: dict[str, Any]) -> Any:
         scale=scale,
         shape=grid.get("shape"),
         like=like,
-        interp=(grid.get("interp") or "linear").lower(),
-        boundary=(grid.get("boundary") or "replicate").lower(),
+        interp=(grid.get("interp") or resample.DEFAULT_INTERP).lower(),
+        boundary=(grid.get("boundary") or resample.DEFAULT_BOUNDARY).lower(),
     )
 
 
 def _options_of(p: dict[str, Any]) -> Any:
     from ..run.options import ClusterOptions, ComputeOptions, Options, ReadOptions, WriteOptions
 
-    boundary = (p["boundary"] or ("zeros" if p["preset"] is None else "replicate")).lower()
+    boundary = (p["boundary"] or (LAYER_BOUNDARY if p["preset"] is None else presets.DEFAULT_BOUNDARY)).lower()
     return Options(
         read=ReadOptions(dataset=p["dataset"], fourth_axis=p["fourth_axis"].lower(),
                          allow_external=p["allow_external"]),

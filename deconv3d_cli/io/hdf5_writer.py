@@ -30,6 +30,7 @@ from . import space
 from .atomic import fsync_path
 from .base import Destination, PartialUnusable, VolumeMeta, construct_writer
 from .chunking import output_chunks
+from .formats import DEFAULT_COMPRESSION_LEVEL
 from .hdf5_chunks import ChunkEncoder, worth_it
 from .spacing import SPACING_ATTRS, spacing_value
 
@@ -102,7 +103,7 @@ class Hdf5Writer:
         dest: Destination,
         *,
         dataset: str | None = None,
-        compression_level: int = 1,
+        compression_level: int = DEFAULT_COMPRESSION_LEVEL,
         chunks: Any = None,
         layout: Layout | str | None = None,
     ) -> None:

@@ -51,6 +51,7 @@ import numpy as np
 
 from ..errors import InputError, RunError
 from .base import Destination, VolumeMeta
+from .formats import DEFAULT_COMPRESSION_LEVEL
 from .gzip_members import MAGIC
 from .gzip_read import BLOCK, GzipSource
 from .nifti_header import (
@@ -240,7 +241,7 @@ def create_writer(dest: Destination, **options: Any) -> NiftiWriter | NiftiGzWri
         level = options.get("compression_level")
         return NiftiGzWriter(
             dest,
-            compression_level=1 if level is None else level,
+            compression_level=DEFAULT_COMPRESSION_LEVEL if level is None else level,
             data_format=data_format,
             scaling=scale,
             threads=options.get("threads"),

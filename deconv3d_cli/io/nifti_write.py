@@ -40,6 +40,7 @@ import numpy as np
 from ..errors import InputError, RunError
 from . import direct, space
 from .base import Destination
+from .formats import DEFAULT_COMPRESSION_LEVEL
 from .gzip_pending import usable_cpus
 from .gzip_stream import GzipStreamWriter
 from .nifti_header import output_header, read_header
@@ -303,7 +304,7 @@ class NiftiGzWriter(_NiftiOutput):
         self,
         dest: Destination,
         *,
-        compression_level: int = 1,
+        compression_level: int = DEFAULT_COMPRESSION_LEVEL,
         data_format: str = "channels_last",
         scaling: tuple[float, float] | None = None,
         threads: int | None = None,

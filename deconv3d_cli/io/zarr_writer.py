@@ -30,6 +30,7 @@ from . import space
 from .atomic import fsync_path, remove
 from .base import Destination, PartialUnusable, VolumeMeta, construct_writer
 from .chunking import chunk_boxes, chunk_ranges, layout_of, output_chunks
+from .formats import DEFAULT_COMPRESSION_LEVEL
 from .zarr import zarr_module
 from .zarr_ngff import STRUCTURAL_ATTRS, ZarrHeader, array_attrs, ngff_attrs
 from .zarr_store import METADATA_FILES, StoreGuard, describe_error, sweep
@@ -47,7 +48,7 @@ class ZarrWriter:
         *,
         zarr_format: int | None = None,
         dataset: str | None = None,
-        compression_level: int = 1,
+        compression_level: int = DEFAULT_COMPRESSION_LEVEL,
         chunks: Any = None,
         layout: Layout | str | None = None,
     ) -> None:
