@@ -112,7 +112,7 @@ def file_printer(quiet: bool, verbose: bool) -> Any:
             click.echo(
                 f"done   {result.input} -> {result.output} {tuple(d['output_shape'])} {d['seconds']:.2f} s", err=True
             )
-        elif result.output is None:  # not a volume (a folder a glob matched)
+        elif result.output is None:  # left out: what a glob matched that is no volume, a path given twice
             click.echo(f"{result.status:<6} {result.input} ({result.error})", err=True)
         else:
             click.echo(f"{result.status:<6} {result.input} -> {result.output}", err=True)
