@@ -22,6 +22,7 @@ BATCH_STATUSES = ("done", "skipped", "failed", "not_run", "planned", "stopped")
 ONE_OUTPUT: dict[str, Any] = {
     "input": None, "output": None, "status": "failed",
     "input_shape": None, "input_dtype": None, "output_shape": None, "output_dtype": None, "layer": None,
+    "input_file_shape": None, "output_file_shape": None,
     "boundary": None, "tile_shape": None, "batch_per_tile": None, "tile_grid": None, "tiles": 0, "halo": None,
     "memory_estimate_bytes": None, "output_bytes": None, "spacing_in": None, "spacing_out": None,
     "fourth_axis": None, "seconds": None, "voxels_per_s": None, "resumed_tiles": 0, "clipped_voxels": 0,
