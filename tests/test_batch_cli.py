@@ -187,6 +187,8 @@ def test_a_batch_says_what_it_left_out(tmp_path):
     named = invoke("upsample", str(scans / "notes.txt"), "-O", str(tmp_path / "out3"), "--preset", "nearest",
                    "--json")  # fmt: skip
     assert named.exit_code == 1 and json.loads(named.stdout)["files"][0]["status"] == "failed"
+    folder = invoke("upsample", str(scans / "sub-01"), "-O", str(tmp_path / "out4"), "--preset", "nearest")
+    assert folder.exit_code == 1 and f"FAILED {scans / 'sub-01'}: unknown file type" in folder.stderr
 
 
 # ---------------------------------------------------------------- README recipes, run as written
