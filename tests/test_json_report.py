@@ -14,6 +14,9 @@ from pathlib import Path
 import jsonschema
 import numpy as np
 import pytest
+from helpers import random_spec
+
+from deconv3d_cli.io.atomic import journal_path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMAS = ROOT / "deconv3d_cli" / "schemas"
@@ -113,3 +116,31 @@ def test_sigterm_at_the_very_start_still_prints_one_document(tmp_path, scans, wh
     validate(doc, "report.schema.json")
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "x.npy").exists()
+
+
+@pytest.mark.slow
+def test_a_batch_stopped_mid_file_reports_every_file_in_the_schema(tmp_path):
+    """SIGTERM once the first file has journaled some tiles (an exact point: the journal's lines)."""
+    rng = np.random.default_rng(2)
+    (tmp_path / "in").mkdir()
+    for name in ("a", "b", "c"):
+        np.save(tmp_path / "in" / f"{name}.npy", rng.standard_normal((40, 40, 40, 2)).astype(np.float32))
+    layer = random_spec(rng, 2, filters=3, kernel_size=3, strides=2).save(tmp_path / "l.yaml")
+    out = tmp_path / "out"
+    args = ["upsample", tmp_path / "in" / "*.npy", "-O", out, "--spec", layer, "--tile", "8,8,8",
+            "--checkpoint-every", "0", "--json"]  # fmt: skip
+    proc = subprocess.Popen([*CLI, *map(str, args)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = journal_path(out / "a_x2.npy")
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if journal.exists() and journal.read_bytes().count(b"\n") > 3:
+            break
+        time.sleep(0.002)
+    assert proc.poll() is None, "the run finished before it could be stopped"
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    doc = json.loads(stdout)
+    validate(doc, "report.schema.json")
+    assert (proc.returncode, doc["exit_code"], doc["status"]) == (143, 143, "stopped"), stderr
+    assert [f["status"] for f in doc["files"]] == ["stopped", "not_run", "not_run"]
+    assert doc["totals"] == {**doc["totals"], "files": 3, "stopped": 1, "not_run": 2, "done": 0}
