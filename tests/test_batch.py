@@ -92,7 +92,7 @@ def test_report_json_keys_are_stable():
     r = Report()
     r.add(FileResult("a.npy", "b.npy", "done", details={"seconds": 1.0}))
     doc = r.as_json()
-    assert set(doc) == {"version", "files", "totals", "exit_code"}
+    assert set(doc) == {"version", "status", "files", "totals", "exit_code"} and doc["status"] == "done"
     assert set(doc["files"][0]) == {
         "input",
         "output",

@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from deconv3d_cli.api import upsample
 from deconv3d_cli.cli import main
+from deconv3d_cli.io import formats
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "sample_data"
@@ -161,6 +162,33 @@ def test_usage_errors_in_batch(tmp_path):
     assert r.exit_code == 2 and "matched no files" in r.stderr
     r = invoke("upsample", "a.npy", "-O", str(tmp_path / "o"), "--preset", "nearest", "--name-template", "{oops}")
     assert r.exit_code == 2 and "{oops}" in r.stderr or "oops" in r.stderr
+
+
+def test_a_batch_says_what_it_left_out(tmp_path):
+    """A glob's non-volumes (a folder, a notes.txt) are skipped and reported alike; an input given twice
+    runs once, with a line and a JSON entry saying so; a non-volume named itself fails as that file."""
+    scans = tmp_path / "scans"
+    (scans / "sub-01").mkdir(parents=True)
+    (scans / "notes.txt").write_text("acquired on the 3T\n")
+    np.save(scans / "a.npy", np.ones((3, 4, 5), np.float32))
+    a = str(scans / "a.npy")
+    r = invoke("upsample", str(scans / "*"), a, os.path.relpath(a), "-O", str(tmp_path / "out"),
+               "--preset", "nearest", "--scale", "2", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.stderr
+    doc = json.loads(r.stdout)
+    why = {(Path(f["input"]).name, f["status"], f["error"]) for f in doc["files"]}
+    assert ("notes.txt", "skipped", "not a volume file; volumes end in " + ", ".join(formats.suffixes())) in why
+    assert ("sub-01", "skipped", "a folder, not a volume file") in why
+    assert sum(f["status"] == "skipped" and f["error"].startswith("given twice") for f in doc["files"]) == 2
+    assert doc["totals"] == {**doc["totals"], "files": 5, "done": 1, "skipped": 4, "failed": 0}
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a_x2.npy"]
+    r = invoke("upsample", a, a, "-O", str(tmp_path / "out2"), "--preset", "nearest", "--scale", "2")
+    assert r.exit_code == 0 and f"skipped {a} (given twice; processed once)" in r.stderr.splitlines()
+    named = invoke("upsample", str(scans / "notes.txt"), "-O", str(tmp_path / "out3"), "--preset", "nearest",
+                   "--json")  # fmt: skip
+    assert named.exit_code == 1 and json.loads(named.stdout)["files"][0]["status"] == "failed"
+    folder = invoke("upsample", str(scans / "sub-01"), "-O", str(tmp_path / "out4"), "--preset", "nearest")
+    assert folder.exit_code == 1 and f"FAILED {scans / 'sub-01'}: unknown file type" in folder.stderr
 
 
 # ---------------------------------------------------------------- README recipes, run as written

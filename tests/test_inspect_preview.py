@@ -487,3 +487,31 @@ def test_zarr_output_preview_reads_its_ngff_unit(tmp_path):
         a, b = by[(0, name)], by[(1, name)]
         assert (a[2] - a[0], a[3] - a[1]) == (b[2] - b[0], b[3] - b[1])
     assert "voxel 500 x 600 x 550 um" in sheet.strings("row")[1]
+
+
+def test_a_4d_nifti_leads_with_the_files_own_order(tmp_path):
+    """nibabel and FSL show (x, y, z, t); inspect and the plan lead with it, then say how the tool reads it,
+    and speak of a layer's input channels only where there is a layer."""
+    src = tmp_path / "bold.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((6, 5, 4, 3), np.float32), np.eye(4)), src)
+    text = run("inspect", src).output.splitlines()
+    assert text[1] == "  shape        (6, 5, 4, 3)  x, y, z, t (the file's order)"
+    assert text[2].startswith("  read as      (3, 6, 5, 4, 1)  t, x, y, z, c")
+    assert "layer" not in "\n".join(text)
+    out = tmp_path / "bold_x2.nii.gz"
+    r = run("upsample", src, "-o", out, "--preset", "trilinear", "--scale", "2", "--no-progress")
+    assert r.exit_code == 0, r.output
+    plan = r.stderr.splitlines()
+    assert plan[0] == f"{src}: (6, 5, 4, 3) float32 -> {out}: (12, 10, 8, 3) float32"
+    assert plan[1] == "  read as t, x, y, z, c: (3, 6, 5, 4, 1) -> (3, 12, 10, 8, 1)"
+    assert "layer's" not in r.stderr
+    assert nib.load(out).shape == (12, 10, 8, 3)
+    doc = json.loads(
+        run("upsample", src, "-o", tmp_path / "d.nii", "--preset", "nearest", "--dry-run", "--json").stdout
+    )
+    assert (doc["input_file_shape"], doc["output_file_shape"]) == ([6, 5, 4, 3], [12, 10, 8, 3])
+    spec = tmp_path / "three.yaml"  # a layer with 3 input channels: then its channels are worth naming
+    spec.write_text("filters: 1\nkernel_size: 2\nstrides: 2\nin_channels: 3\n")
+    r = run("upsample", src, "-o", tmp_path / "s.nii", "--spec", spec, "--dry-run")
+    assert r.exit_code == 0, r.output
+    assert "(3) read as 3 channel(s): its length equals the layer's 3 input channel(s)" in r.stderr

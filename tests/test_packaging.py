@@ -169,8 +169,9 @@ def test_wheel_holds_the_package_licence_and_command(wheel):
         entry_points = z.read(f"{info}/entry_points.txt").decode()
     assert "[console_scripts]" in entry_points and "deconv3d = deconv3d_cli.cli:main" in entry_points
     sources = {p.relative_to(ROOT).as_posix() for p in PACKAGE.rglob("*.py") if "__pycache__" not in p.parts}
+    schemas = {p.relative_to(ROOT).as_posix() for p in (PACKAGE / "schemas").glob("*.schema.json")}
     packaged = {n for n in names if not n.startswith(info)}
-    assert packaged == sources  # every module, and nothing else (no tests, no sample data)
+    assert schemas and packaged == sources | schemas  # every module and the JSON Schemas, nothing else
 
 
 @pytest.mark.slow

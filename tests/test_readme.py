@@ -5,6 +5,8 @@ See readme_examples.py for the rules; a failure names the README line of the com
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from readme_examples import ROOT, examples, matches, run, workspace
 
@@ -51,3 +53,34 @@ def test_every_console_example_runs_as_written(tmp_path):
         assert res.returncode == example.exit_code, where
         missing = matches(example.expected, printed)
         assert missing is None, f"{where}\nnot printed: {missing!r}"
+
+
+def _ci_snippet() -> str:
+    """The README's CI block (after `<!-- batch-ci -->`), as a user copies it."""
+    text = (ROOT / "README.md").read_text()
+    return text[text.index("<!-- batch-ci -->") :].split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["all done", "a file fails", "nothing matched"])
+def test_the_ci_snippet_reads_the_report_whatever_happens(tmp_path, case):
+    """The snippet reads r["totals"] on success and on every failure (a usage error's report included)."""
+    import ast
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    if case != "nothing matched":
+        (tmp_path / "scans").mkdir()
+        np.save(tmp_path / "scans" / "a.npy", np.ones((3, 4, 5), np.float32))
+    if case == "a file fails":
+        (tmp_path / "scans" / "b.npy").write_bytes(b"not a volume\n" * 8)
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TQDM_DISABLE": "1"}
+    proc = subprocess.run(["bash", "-euo", "pipefail", "-c", _ci_snippet()], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)  # fmt: skip
+    assert "KeyError" not in proc.stderr, proc.stderr
+    totals = ast.literal_eval(proc.stdout.strip().splitlines()[-1])
+    expected = {"all done": (0, 1, 1, 0), "a file fails": (1, 2, 1, 1), "nothing matched": (2, 0, 0, 0)}[case]
+    assert (proc.returncode, totals["files"], totals["done"], totals["failed"]) == expected, proc.stderr

@@ -13,6 +13,7 @@ import shlex
 import sys
 import traceback
 import warnings
+from pathlib import Path
 from typing import Any
 
 import click
@@ -65,6 +66,23 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
+def _pause_at_start() -> None:
+    """A test's hook (DECONV3D_TEST_PAUSE_AT_START=FILE): as soon as the signal handlers are in place,
+    create FILE and wait there (up to a minute) for a signal, so that a test stops the command at this
+    exact point rather than by timing."""
+    import os
+
+    ready = os.environ.get("DECONV3D_TEST_PAUSE_AT_START")
+    if not ready:
+        return
+    import time
+
+    Path(ready).touch()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        time.sleep(0.01)  # a signal's handler raises Interrupted out of this wait
+
+
 def error_line(exc: Deconv3dError) -> str:
     return exc.line(flag_of)
 
@@ -80,6 +98,8 @@ class Deconv3dGroup(click.Group):
     """Turns every failure into one line (and, with `--json`, one JSON document); `--debug` shows tracebacks."""
 
     def main(self, args: Any = None, prog_name: str | None = None, standalone_mode: bool = True, **extra: Any) -> Any:
+        from ..run import stop
+
         argv = list(sys.argv[1:] if args is None else args)
         _ARGV[:] = argv
         del _EMITTED[:]
@@ -88,7 +108,13 @@ class Deconv3dGroup(click.Group):
 
         STOP.own_process = args is None  # the program itself, not a caller passing arguments
         try:
+            # First of all, so that a signal from here on ends in the one line (and JSON document) promised.
+            stop.STOP.reset()
+            stop.install()
+            _pause_at_start()
             code = super().main(args=argv, prog_name=prog_name or "deconv3d", standalone_mode=False, **extra)
+        except stop.Interrupted as exc:  # before a command ran (parsing its arguments, say)
+            code = _stopped(exc, as_json)
         except click.exceptions.Abort:
             code = _fail("aborted", 1, as_json)
         except click.ClickException as exc:  # usage errors: one line, not click's three
@@ -147,9 +173,12 @@ _ARGV: list[str] = []  # this invocation's arguments (CliRunner's too, where sys
 
 
 def emit_json(document: dict[str, Any], exit_code: int) -> None:
-    """The one JSON document a command prints: its report plus `version`, `exit_code` and `error`."""
+    """The one JSON document a command prints: its report plus `version`, `exit_code` and `error`, with
+    every field of its kind (documents.py) whatever the outcome."""
+    from .documents import complete
+
     _EMITTED.append(True)
-    doc = {"version": JSON_VERSION, **document, "exit_code": exit_code}
+    doc = {"version": JSON_VERSION, **complete(document, _ARGV), "exit_code": exit_code}
     doc.setdefault("error", None)
     click.echo(json.dumps(doc, indent=2))
 
@@ -192,11 +221,7 @@ def main(ctx: click.Context, debug: bool) -> None:
     \b
     Shell completion (bash; zsh and fish alike): eval "$(_DECONV3D_COMPLETE=bash_source deconv3d)"
     """
-    from ..run import stop
-
     ctx.obj = {"debug": debug}
-    stop.STOP.reset()
-    stop.install()
 
 
 @main.command("presets", context_settings=CONTEXT)

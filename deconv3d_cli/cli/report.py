@@ -12,14 +12,15 @@ def lines(report: dict[str, Any], dry_run: bool | None) -> list[str]:
     from ..geometry.tiling import format_bytes
 
     out = [
-        f"{report['input']}: {tuple(report['input_shape'])} {report['input_dtype']}"
-        f" -> {report['output']}: {tuple(report['output_shape'])} {report['output_dtype']}",
+        f"{report['input']}: {_shape(report, 'input')} {report['input_dtype']}"
+        f" -> {report['output']}: {_shape(report, 'output')} {report['output_dtype']}",
+        *_read_as(report),
         f"  layer: {report['layer']}",
         f"  tiles: {report['tiles']} of {tuple(report['tile_shape'])} (grid {tuple(report['tile_grid'])}, "
         f"halo {tuple(report['halo'])}), memory estimate {format_bytes(report['memory_estimate_bytes'])}",
     ]
     if report.get("fourth_axis"):
-        out.insert(1, f"  {report['fourth_axis']}")
+        out.insert(len(out) - 2, f"  {report['fourth_axis']}")
     if dry_run is None:
         return out
     if dry_run:
@@ -36,6 +37,28 @@ def lines(report: dict[str, Any], dry_run: bool | None) -> list[str]:
 
         out.append(f"  regularization: {format_penalties(report)}")
     return out + cluster_lines(report)
+
+
+def _shape(report: dict[str, Any], side: str) -> tuple[int, ...]:
+    """A side's shape in its file's own order (a NIfTI's as nibabel and FSL show it)."""
+    return tuple(report.get(f"{side}_file_shape") or report[f"{side}_shape"])
+
+
+def _read_as(report: dict[str, Any]) -> list[str]:
+    """Where the file's order is not the one computed in: how the tool reads the axes."""
+    computed = (tuple(report["input_shape"]), tuple(report["output_shape"]))
+    if (_shape(report, "input"), _shape(report, "output")) == computed:
+        return []
+    from ..errors import InputError
+    from ..io.formats import facts_of
+    from ..io.nifti_layout import PRESENTED_AXES
+
+    try:
+        nifti = facts_of(report["input"]).name == "nifti"
+    except InputError:
+        nifti = False
+    names = PRESENTED_AXES.get(len(computed[0]), "") if nifti else ""
+    return [f"  read as {names + ': ' if names else ''}{computed[0]} -> {computed[1]}"]
 
 
 def _done(report: dict[str, Any]) -> str:
@@ -111,7 +134,7 @@ def file_printer(quiet: bool, verbose: bool) -> Any:
             click.echo(
                 f"done   {result.input} -> {result.output} {tuple(d['output_shape'])} {d['seconds']:.2f} s", err=True
             )
-        elif result.output is None:  # not a volume (a folder a glob matched)
+        elif result.output is None:  # left out: what a glob matched that is no volume, a path given twice
             click.echo(f"{result.status:<6} {result.input} ({result.error})", err=True)
         else:
             click.echo(f"{result.status:<6} {result.input} -> {result.output}", err=True)

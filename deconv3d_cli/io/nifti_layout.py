@@ -198,6 +198,17 @@ def _copy_blocked(src: np.ndarray, dst: np.ndarray) -> None:
 # presented layouts
 
 
+# The axes as NIfTI numbers them (nibabel and FSL show a file's shape in this order).
+FILE_AXES = ("x", "y", "z", "t", "c")
+# The axes as the NIfTI reader presents them, by their count (a series leads with its volumes).
+PRESENTED_AXES = {3: "x, y, z", 4: "x, y, z, c", 5: "t, x, y, z, c"}
+
+
+def file_axes(ndim: int) -> str:
+    """'x, y, z, t' for a 4-D file: the names of a NIfTI file's axes in its own order."""
+    return ", ".join(FILE_AXES[:ndim])
+
+
 def reader_axes(
     file_shape: tuple[int, ...], fourth_axis: str, in_channels: int | None, name: str, source: str
 ) -> tuple[list[int | None], str | None, str | None]:
@@ -218,8 +229,8 @@ def reader_axes(
                 mode, why = "series", f"its length differs from the layer's {in_channels} input channel(s)"
         elif n == 1:
             mode, why = "channels", "it has length 1"
-        else:
-            mode, why = "series", "the layer's input channels are not known"
+        else:  # no layer's channel count to match (inspect, a preset, a resampling, a spec without one)
+            mode, why = "series", "no channel count to match it against; --fourth-axis channels reads it as channels"
         if mode == "channels":
             return [0, 1, 2, 3], mode, f"4th axis of {name} ({n}) read as {n} channel(s): {why}"
         sentence = f"4th axis of {name} read as a series of {n} volume(s), each upsampled alone: {why}"

@@ -72,13 +72,20 @@ class Report:
         return 1 if any(f.status in ("failed", "not_run", "stopped") for f in self.files) else 0
 
     def as_json(self) -> dict[str, Any]:
-        statuses = ("done", "skipped", "failed", "not_run", "planned")
+        statuses = ("done", "skipped", "failed", "not_run", "planned", "stopped")
         totals: dict[str, Any] = {"files": len(self.files), **{s: self.count(s) for s in statuses}}
-        if self.count("stopped"):
-            totals["stopped"] = self.count("stopped")
         totals["seconds"] = round(time.perf_counter() - self.started, 3)
-        return {"version": REPORT_VERSION, "files": [f.as_json() for f in self.files], "totals": totals,
-                "exit_code": self.exit_code}  # fmt: skip
+        return {"version": REPORT_VERSION, "status": self.status, "files": [f.as_json() for f in self.files],
+                "totals": totals, "exit_code": self.exit_code}  # fmt: skip
+
+    @property
+    def status(self) -> str:
+        """The batch as one word: stopped, failed (any file failed or not run), planned (a dry run) or done."""
+        if self.count("stopped"):
+            return "stopped"
+        if self.exit_code:
+            return "failed"
+        return "planned" if self.count("planned") else "done"
 
     def summary(self) -> str:
         parts = [f"{self.count('done')} done"]

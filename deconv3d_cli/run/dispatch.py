@@ -76,15 +76,16 @@ def upsample(
     return run_job(request.layer, source, output, opts, on_start=on_start)
 
 
-def batch_pairs(request: Request, folders: list[Path] | None = None) -> list[Any]:
+def batch_pairs(request: Request, dropped: list[tuple[Path, str]] | None = None) -> list[Any]:
     """The (input, output) pairs of a batch request; refused whole when two inputs would collide.
 
-    Folders a glob matched (not volumes) go to `folders`, to be reported as skipped."""
+    What is left out (what a glob matched that is no volume, a path given twice) goes to `dropped` with
+    why, to be reported as skipped."""
     batch = request.batch
     assert batch is not None
     if batch.output_dir.exists() and not batch.output_dir.is_dir():
         raise InputError("is a file; -O takes a folder for the outputs", source=str(batch.output_dir))
-    found = inputs.expand_inputs(list(request.inputs), request.listed, folders)
+    found = inputs.expand_inputs(list(request.inputs), request.listed, dropped)
     if batch.shard is not None:
         found = inputs.shard(found, *batch.shard)
     return inputs.plan_outputs(found, batch.output_dir, batch.template, _scale_of(request.layer), batch.output_format)
@@ -99,11 +100,12 @@ def _many(
     """Every input through one process and one engine per channel count (or through the cluster)."""
     batch, opts = request.batch, request.options
     assert batch is not None
-    folders: list[Path] = []
-    pairs = batch_pairs(request, folders)
-    for folder in folders:
+    dropped: list[tuple[Path, str]] = []
+    pairs = batch_pairs(request, dropped)
+    left_out = [FileResult(str(path), None, "skipped", why) for path, why in dropped]
+    for result in left_out:
         if on_file is not None:
-            on_file(FileResult(str(folder), None, "skipped", "a folder, not a volume file"))
+            on_file(result)
     if not request.dry_run:
         batch.output_dir.mkdir(parents=True, exist_ok=True)
     engines: dict[tuple, Any] = {}
@@ -128,7 +130,7 @@ def _many(
         debug=debug,
         error_line=error_line,
     )
-    report.files[:0] = [FileResult(str(f), None, "skipped", "a folder, not a volume file") for f in folders]
+    report.files[:0] = left_out
     return report
 
 

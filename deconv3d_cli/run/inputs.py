@@ -21,41 +21,61 @@ DEFAULT_TEMPLATE = "{stem}_x{scale}{ext}"
 
 
 def expand_inputs(
-    patterns: Sequence[str], from_list: Iterable[str] | TextIO | None = None, folders: list[Path] | None = None
+    patterns: Sequence[str],
+    from_list: Iterable[str] | TextIO | None = None,
+    dropped: list[tuple[Path, str]] | None = None,
 ) -> list[Path]:
-    """Paths from arguments (quoted globs expanded here, `**` recursive) and from a list, deduplicated.
+    """Paths from arguments (quoted globs expanded here, `**` recursive) and from a list, each once.
 
-    A pattern that matches nothing is refused (rather than vanishing silently); a folder a glob matches
-    that is not a store (a `.zarr`) is left out and, when `folders` is given, appended to it so that
-    the report can say it was skipped.
+    A pattern that matches nothing is refused (rather than vanishing silently). The rule for what is
+    not a volume: a glob means "whatever is there", so what it matches that no reader takes (a folder
+    that is not a store, a `notes.txt`) is left out; a path named itself (an argument, a line of the
+    list) is a request, and fails as that file's error if it cannot be read. A path given again (the
+    same file, however spelled) is processed once. What is left out goes, with why, to `dropped`,
+    for the report to say.
     """
     items: list[str] = []
     for pattern in patterns:
-        if glob.has_magic(pattern):
-            matches = sorted(glob.glob(pattern, recursive=True))
-            if not matches:
-                raise InputError("matched no files", source=pattern)
-            for match in matches:
-                if os.path.isdir(match) and not _is_store_name(match):
-                    if folders is not None:
-                        folders.append(Path(match))
-                    continue
-                items.append(match)
-        else:
+        if not glob.has_magic(pattern):
             items.append(pattern)
+            continue
+        matches = sorted(glob.glob(pattern, recursive=True))
+        if not matches:
+            raise InputError("matched no files", source=pattern)
+        for match in matches:
+            why = _not_a_volume(match)
+            if why is None:
+                items.append(match)
+            elif dropped is not None:
+                dropped.append((Path(match), why))
     if from_list is not None:
         for line in from_list:
             line = line.strip()
             if line and not line.startswith("#"):
                 items.append(line)
-    seen: set[str] = set()
+    first: dict[str, str] = {}
     out = []
     for item in items:
-        key = os.path.normpath(item)
-        if key not in seen:
-            seen.add(key)
-            out.append(Path(item))
+        key = os.path.abspath(item)
+        if key in first:
+            if dropped is not None:
+                same = "" if first[key] == item else f" (as {first[key]})"
+                dropped.append((Path(item), f"given twice{same}; processed once"))
+            continue
+        first[key] = item
+        out.append(Path(item))
     return out
+
+
+def _not_a_volume(path: str) -> str | None:
+    """Why a path a glob matched is no input (None: it is one, or may be)."""
+    if os.path.isdir(path) and not _is_store_name(path):
+        return "a folder, not a volume file"
+    try:
+        formats.facts_of(path)
+    except InputError:
+        return f"not a volume file; volumes end in {', '.join(formats.suffixes())}"
+    return None
 
 
 def parse_shard(text: str) -> tuple[int, int]:

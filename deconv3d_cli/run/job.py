@@ -131,8 +131,10 @@ class Job:
             "input": str(self.input),
             "output": str(self.output),
             "input_shape": None if shape is None else list(shape),
+            "input_file_shape": None if shape is None else list(getattr(self.reader, "stored_shape", shape)),
             "input_dtype": None if self.reader is None else str(self.reader.dtype),
             "output_shape": list(self.out_shape),
+            "output_file_shape": list(self.out_file_shape()),
             "output_dtype": str(self.out_dtype),
             "layer": self.spec.describe(),
             "boundary": self.boundary,
@@ -148,6 +150,14 @@ class Job:
             "fourth_axis": getattr(self.reader, "fourth_axis_choice", None),
             **({} if self.grid is None else {"grid": self.grid.describe()}),
         }
+
+    def out_file_shape(self) -> tuple[int, ...]:
+        """The output's shape in its file's own order (a NIfTI's x, y, z, t, c, as nibabel shows it)."""
+        if self.facts.name != "nifti":
+            return tuple(self.out_shape)
+        from ..io.nifti_layout import writer_axes
+
+        return writer_axes(tuple(int(n) for n in self.out_shape), self.out_layout.data_format)[1]
 
     def open_input(self) -> Any:
         """The input opened again (a Dask task opens its own reader)."""

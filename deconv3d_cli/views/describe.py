@@ -18,6 +18,7 @@ import numpy as np
 
 from .. import io as vio
 from ..geometry.layout import CHANNELS_FIRST, CHANNELS_LAST
+from ..io.nifti_layout import file_axes
 
 SMALL_AXIS = 16  # a channel axis is rarely longer than this; spatial axes rarely shorter
 NIFTI_LAYOUTS = {
@@ -207,6 +208,10 @@ def format_text(info: dict[str, Any]) -> str:
     if info.get("dataset"):
         head += f", dataset {info['dataset']}"
     rows = [("shape", f"{tuple(info['shape'])}  {info['layout']}")]
+    if nifti and list(nifti["stored_shape"]) != list(info["shape"]):  # the file's order first, as nibabel shows it
+        stored = tuple(nifti["stored_shape"])
+        rows = [("shape", f"{stored}  {file_axes(len(stored))} (the file's order)"),
+                ("read as", f"{tuple(info['shape'])}  {info['layout']}")]  # fmt: skip
     if info.get("layout_note"):
         rows.append(("", info["layout_note"]))
     dtype = info["dtype"]
@@ -215,8 +220,6 @@ def format_text(info: dict[str, Any]) -> str:
         if nifti["scl_slope"] is not None:
             stored += f", scaled by {num(nifti['scl_slope'])} + {num(nifti['scl_inter'])}"
         dtype += f"  ({stored})"
-        if list(nifti["stored_shape"]) != list(info["shape"]):
-            rows.append(("stored as", str(tuple(nifti["stored_shape"]))))
         if nifti["fourth_axis"]:
             rows.append(("5th axis" if nifti.get("vector") else "4th axis", nifti["fourth_axis"]))
     rows.append(("dtype", dtype))
