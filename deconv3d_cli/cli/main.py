@@ -104,9 +104,7 @@ class Deconv3dGroup(click.Group):
         _ARGV[:] = argv
         del _EMITTED[:]
         as_json = "--json" in argv
-        from ..run.stop import STOP
-
-        STOP.own_process = args is None  # the program itself, not a caller passing arguments
+        stop.STOP.own_process = args is None  # the program itself, not a caller passing arguments
         try:
             # First of all, so that a signal from here on ends in the one line (and JSON document) promised.
             stop.STOP.reset()
@@ -122,7 +120,7 @@ class Deconv3dGroup(click.Group):
             hint = f" (see {exc.ctx.command_path} --help)" if isinstance(exc, click.UsageError) and exc.ctx else ""
             code = _fail(f"{where}{exc.format_message()}{hint}", exc.exit_code, as_json)
         code = 0 if code is None else int(code)
-        STOP.exiting = True  # a signal from here on must not raise inside an exit handler
+        stop.STOP.exiting = True  # a signal from here on must not raise inside an exit handler
         if not standalone_mode:
             return code
         if args is None:  # the program itself (console script, python -m): its process ends here
