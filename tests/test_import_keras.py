@@ -202,3 +202,26 @@ def test_existing_output_is_not_replaced_without_overwrite(tmp_path):
 def test_options_that_do_not_fit_the_source_are_refused(args, fragment, tmp_path):
     res = run("spec", "import", FIX / "k3_channels_first.keras", "-o", tmp_path / "s.yaml", *args)
     assert res.exit_code == 2 and fragment in res.stderr, res.output
+
+
+# --------------------------------------------------------------------------- what each generation writes
+def _legacy_weight_names(path: Path) -> dict[str, list[str]]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        root = f["model_weights"]
+        return {str(n): [str(w) for w in root[n].attrs["weight_names"]] for n in root.attrs["layer_names"]}
+
+
+def test_keras3_legacy_h5_of_a_sequential_names_weights_after_the_model(tmp_path):
+    """Keras 3 writes 'sequential_1/up/kernel' for a top-level Sequential's layer (the fixture must hold
+    what Keras writes, or the round-trip cases above prove nothing about it), and the import finds them."""
+    names = _legacy_weight_names(FIX / "k3_sequential.h5")
+    assert names["up"] == ["sequential_1/up/kernel", "sequential_1/up/bias"]
+    assert _legacy_weight_names(FIX / "k3_nested.h5")["tail"] == ["outer/tail/kernel", "outer/tail/bias"]
+    assert _legacy_weight_names(FIX / "k2_sequential.h5")["up"] == ["up/kernel:0", "up/bias:0"]
+    res = run("spec", "import", FIX / "k3_sequential.h5", "--layer", "out", "-o", tmp_path / "o.yaml")
+    assert res.exit_code == 0, res.output
+    spec = LayerSpec.from_yaml(tmp_path / "o.yaml")
+    case = next(c for c in CASES if c["id"] == "k3_sequential.h5|out|")
+    assert spec.kernel.shape == (2, 2, 2, 1, 2) and case["keras"] == "3"
