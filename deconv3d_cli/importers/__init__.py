@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
+from ..layer import filekind
 from ..layer.spec import LayerSpec
 from . import safe
 
@@ -140,12 +141,9 @@ def detect(path: os.PathLike | str) -> str:
                 safe.check_expansion(archive, src, path.stat().st_size)
         except zipfile.BadZipFile as exc:
             raise SpecError(f"not a readable zip archive: {exc}", source=src) from None
-        if "config.json" in names:
-            return "keras-archive"
-        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-            return "torch"
-        if names and all(n.endswith(".npy") for n in names):
-            return "npz"
+        zkind = filekind.zip_kind(names)
+        if zkind != "zip":
+            return zkind
         raise SpecError(
             "a zip archive that is neither a Keras .keras archive (config.json + model.weights.h5) nor a PyTorch file",
             source=src,
