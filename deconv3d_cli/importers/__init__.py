@@ -37,13 +37,19 @@ from . import safe
 
 @dataclass(frozen=True)
 class Candidate:
-    """A layer that can be imported: its name (a path for nested models) and a one-line summary."""
+    """A layer of a model file: its name (a path for nested models), a one-line summary, and whether
+    `spec import` can import it (a Conv3DTranspose) or only lists it (`--list` shows every layer, so a
+    model's other layers are named rather than silently left out)."""
 
     name: str
     summary: str
+    importable: bool = True
 
     def line(self) -> str:
         return f"{self.name or '(top level)'}: {self.summary}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "summary": self.summary, "importable": self.importable}
 
 
 @dataclass
@@ -156,7 +162,11 @@ def detect(path: os.PathLike | str) -> str:
 
 
 def list_layers(source: os.PathLike | str, **options: Any) -> tuple[str, list[Candidate]]:
-    """(format description, candidates) without reading any weights."""
+    """(format description, every layer in order) without reading any weights.
+
+    Keras: every layer of the model (nested ones by path; input layers left out, as Keras's summary of
+    a Sequential does), those that cannot be imported marked `importable=False`.
+    """
     kind = detect(source)
     if kind == "torch":
         from . import pytorch
