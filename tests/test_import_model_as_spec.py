@@ -92,3 +92,13 @@ def test_a_model_given_as_keras_config_says_what_reads_it(tmp_path):
     )  # fmt: skip
     assert res.exit_code == 2
     _check_line(res.stderr, FIX / "k3_legacy.h5", ["Keras .h5 model, not a YAML or JSON file"])
+
+
+def test_a_keras_model_config_as_spec_names_spec_import():
+    """model.to_json() is text, so it parses; its class is a model's, and the error says what reads it."""
+    path = FIX / "k3_model.json"
+    res = CliRunner().invoke(main, ["spec", "validate", str(path)])
+    assert res.exit_code == 2
+    line = res.stderr.strip()
+    assert "\n" not in line and "'Functional' is a Keras model config, not a layer spec" in line
+    assert f"`deconv3d spec import {path} --layer NAME -o spec.yaml`" in line and "not supported yet" in line
