@@ -7,7 +7,7 @@ array. They accept numpy arrays (returning numpy) or torch tensors (returning to
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -274,6 +274,73 @@ def upsample(
 RESAMPLE_ARGS = ("voxel_size", "scale", "shape", "like", "interp", "boundary", "data_format")
 
 
+class Resampled(NamedTuple):
+    """What `resample_image` returns: the resampled array and its grid's affine, as a nibabel image holds them.
+
+    A tuple, so `y, affine = resample_image(...)` works; `.spacing` is the output voxel size. Anything
+    with `.shape` and `.affine` serves as `like=`, so a result can be a later call's reference (its
+    first three axes are taken as the spatial shape: give `like=(shape, affine)` for channels_first).
+    """
+
+    array: Any  # numpy (float32) or torch, in the input's layout and kind
+    affine: np.ndarray  # output voxel centre -> world, 4x4 float64
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.array.shape)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        from .geometry.grid import spacing_of
+
+        return spacing_of(self.affine)
+
+
+def resample_image(
+    x: Any,
+    *,
+    voxel_size: Any = None,
+    scale: Any = None,
+    shape: Any = None,
+    like: Any = None,
+    spacing: Any = None,
+    affine: Any = None,
+    interp: str = "linear",
+    boundary: str = "replicate",
+    data_format: str = "channels_last",
+    device: str = "cpu",
+    precision: str = "fp32",
+) -> Resampled:
+    """`resample` with the output's affine: `Resampled(array, affine)`, the same array `resample` returns.
+
+    The affine is the output grid's voxel-centre-to-world matrix (4x4 float64), computed once, by the
+    same `geometry.grid` the command line writes into NIfTI/Zarr headers, so callers never rebuild it.
+    """
+    from .engine import to_numpy
+    from .engine.resample import Resampler
+    from .layer.resample import ResampleSpec
+
+    request = {k: v for k, v in locals().items() if k in RESAMPLE_ARGS}  # the resampling's own arguments
+    spec = ResampleSpec.create(**request)
+    if spacing is not None and affine is not None:
+        raise SpecError("give spacing or affine, not both", param="spacing")
+    torch_in = _is_torch(x)
+    if not torch_in:
+        x = np.asarray(x)
+    if x.ndim not in (3, 4, 5):
+        raise SpecError(f"input has {x.ndim} dimensions; expected 3 (D, H, W), 4 or 5 (with channels, batch)")
+    layout = Layout(x.ndim, spec.data_format)
+    grid = spec.grid(layout.spatial_shape(x.shape), affine=affine, spacing=spacing)
+    channels = layout.channels(x.shape)
+    out_affine = np.array(grid.affine, dtype=np.float64)  # a writable copy: the grid's own is read-only
+    if torch_in:
+        resampler = Resampler(spec, grid, channels, device=x.device, precision=precision)
+        return Resampled(_from_ncdhw_torch(layout, resampler.whole(_to_ncdhw_torch(layout, x)), channels), out_affine)
+    resampler = Resampler(spec, grid, channels, device=device, precision=precision)
+    y = to_numpy(resampler.whole(layout.to_ncdhw(x)))
+    return Resampled(np.ascontiguousarray(layout.from_ncdhw(y, channels)), out_affine)
+
+
 def resample(
     x: Any,
     *,
@@ -295,28 +362,8 @@ def resample(
 
     The input grid is `affine` (voxel centres to world) or `diag(spacing, 1)` (spacing 1 by default);
     voxel sizes are in its units. The result keeps `x`'s layout and kind (numpy in, float32 numpy out;
-    torch in, torch out on its device), each channel resampled alone. Its grid (shape, affine,
-    spacing) is `geometry.grid.output_grid(...)` of the same arguments.
+    torch in, torch out on its device), each channel resampled alone. The array alone, as before;
+    `resample_image` (same arguments) returns the output's affine with it.
     """
-    from .engine import to_numpy
-    from .engine.resample import Resampler
-    from .layer.resample import ResampleSpec
-
-    request = {k: v for k, v in locals().items() if k in RESAMPLE_ARGS}  # the resampling's own arguments
-    spec = ResampleSpec.create(**request)
-    if spacing is not None and affine is not None:
-        raise SpecError("give spacing or affine, not both", param="spacing")
-    torch_in = _is_torch(x)
-    if not torch_in:
-        x = np.asarray(x)
-    if x.ndim not in (3, 4, 5):
-        raise SpecError(f"input has {x.ndim} dimensions; expected 3 (D, H, W), 4 or 5 (with channels, batch)")
-    layout = Layout(x.ndim, spec.data_format)
-    grid = spec.grid(layout.spatial_shape(x.shape), affine=affine, spacing=spacing)
-    channels = layout.channels(x.shape)
-    if torch_in:
-        resampler = Resampler(spec, grid, channels, device=x.device, precision=precision)
-        return _from_ncdhw_torch(layout, resampler.whole(_to_ncdhw_torch(layout, x)), channels)
-    resampler = Resampler(spec, grid, channels, device=device, precision=precision)
-    y = to_numpy(resampler.whole(layout.to_ncdhw(x)))
-    return np.ascontiguousarray(layout.from_ncdhw(y, channels))
+    request = {k: v for k, v in locals().items() if k != "x"}
+    return resample_image(x, **request).array

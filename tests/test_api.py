@@ -378,3 +378,40 @@ def test_softmax_axis_follows_keras_last_axis(name, ref):
 
 def _sm_or_log(sm, name):
     return sm if name == "softmax" else np.log(sm)
+
+
+# --------------------------------------------------------------------------- resample_image: the array and its affine
+def test_resample_image_returns_the_output_affine_with_the_same_array():
+    from deconv3d_cli.api import Resampled, resample, resample_image
+    from deconv3d_cli.geometry.grid import output_grid
+
+    x = np.arange(4 * 3 * 5, dtype=np.float32).reshape(4, 3, 5)
+    a = np.diag([2.0, 1.0, 3.0, 1.0])
+    a[:3, 3] = [10.0, 20.0, 30.0]
+    result = resample_image(x, voxel_size=1.0, affine=a, interp="cubic")
+    assert isinstance(result, Resampled)
+    y, affine = result  # unpacks as (array, affine)
+    assert np.array_equal(y, resample(x, voxel_size=1.0, affine=a, interp="cubic"))
+    assert y.shape == result.shape == (8, 3, 15)
+    # the field of view is kept: origin - spacing_in / 2 + spacing_out / 2 on each axis
+    want = np.diag([1.0, 1.0, 1.0, 1.0])
+    want[:3, 3] = [9.5, 20.0, 29.0]
+    assert affine.dtype == np.float64 and np.array_equal(affine, want)
+    assert np.array_equal(affine, output_grid(x.shape, a, voxel_size=1.0).affine)
+    assert result.spacing == (1.0, 1.0, 1.0)
+    affine[0, 3] = 0.0  # the caller's copy: writable, and the next call is unaffected
+    again = resample_image(x * 2, like=resample_image(x, voxel_size=1.0, affine=a), affine=a)
+    assert again.shape == (8, 3, 15) and again.affine[0, 3] == 9.5
+
+
+def test_resample_image_of_a_torch_tensor_keeps_torch_and_gives_a_numpy_affine():
+    import torch
+
+    from deconv3d_cli.api import resample_image
+
+    x = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)  # channels_last, 2 channels
+    y, affine = resample_image(x, scale=2, spacing=(1.0, 2.0, 0.5), interp="nearest")
+    assert isinstance(y, torch.Tensor) and tuple(y.shape) == (4, 6, 4, 2)
+    assert isinstance(affine, np.ndarray)
+    assert np.array_equal(np.diag(affine)[:3], [0.5, 1.0, 0.25])
+    assert np.array_equal(affine[:3, 3], [-0.25, -0.5, -0.125])

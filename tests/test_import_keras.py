@@ -202,3 +202,69 @@ def test_existing_output_is_not_replaced_without_overwrite(tmp_path):
 def test_options_that_do_not_fit_the_source_are_refused(args, fragment, tmp_path):
     res = run("spec", "import", FIX / "k3_channels_first.keras", "-o", tmp_path / "s.yaml", *args)
     assert res.exit_code == 2 and fragment in res.stderr, res.output
+
+
+# --------------------------------------------------------------------------- what each generation writes
+def _legacy_weight_names(path: Path) -> dict[str, list[str]]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        root = f["model_weights"]
+        return {str(n): [str(w) for w in root[n].attrs["weight_names"]] for n in root.attrs["layer_names"]}
+
+
+def test_keras3_legacy_h5_of_a_sequential_names_weights_after_the_model(tmp_path):
+    """Keras 3 writes 'sequential_1/up/kernel' for a top-level Sequential's layer (the fixture must hold
+    what Keras writes, or the round-trip cases above prove nothing about it), and the import finds them."""
+    names = _legacy_weight_names(FIX / "k3_sequential.h5")
+    assert names["up"] == ["sequential_1/up/kernel", "sequential_1/up/bias"]
+    assert _legacy_weight_names(FIX / "k3_nested.h5")["tail"] == ["outer/tail/kernel", "outer/tail/bias"]
+    assert _legacy_weight_names(FIX / "k2_sequential.h5")["up"] == ["up/kernel:0", "up/bias:0"]
+    res = run("spec", "import", FIX / "k3_sequential.h5", "--layer", "out", "-o", tmp_path / "o.yaml")
+    assert res.exit_code == 0, res.output
+    spec = LayerSpec.from_yaml(tmp_path / "o.yaml")
+    case = next(c for c in CASES if c["id"] == "k3_sequential.h5|out|")
+    assert spec.kernel.shape == (2, 2, 2, 1, 2) and case["keras"] == "3"
+
+
+def test_list_names_every_layer_and_marks_what_can_be_imported():
+    res = run("spec", "import", FIX / "k3_sequential.h5", "--list")
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert lines[0].endswith("Keras 3 .h5 model, 3 layer(s), 2 importable (marked +)")
+    assert lines[1].startswith("  + up: filters=2, kernel_size=[2, 3, 2]")
+    assert lines[2] == "  - mix: Conv3D (not importable: only Conv3DTranspose layers are)"
+    assert lines[3].startswith("  + out: filters=1")
+    assert "running a whole model is not supported yet" in lines[4]
+    for src in ("k2_sequential.keras", "k3_nested.keras", "k2_model.h5"):
+        res = run("spec", "import", FIX / src, "--list", "--json")
+        layers = json.loads(res.stdout)["layers"]
+        expect = {
+            "k2_sequential.keras": [("up", True), ("mix", False), ("out", True)],
+            "k3_nested.keras": [("inner/a", True), ("block/b", True), ("tail", True)],
+            "k2_model.h5": [("up", True), ("sub/inner", True), ("head", True)],
+        }[src]
+        assert [(c["name"], c["importable"]) for c in layers] == expect, src
+    # a layer that cannot be imported is named as such when asked for
+    res = run("spec", "import", FIX / "k3_sequential.h5", "--layer", "mix", "-o", "unused.yaml")
+    assert res.exit_code == 2 and "no Conv3DTranspose layer named 'mix'" in res.stderr
+
+
+def test_force_and_quiet_as_upsample_spells_them(tmp_path):
+    out = tmp_path / "s.yaml"
+    out.write_text("keep me")
+    res = run("spec", "import", FIX / "k3_channels_first.keras", "-o", out, "-f", "-q")
+    assert res.exit_code == 0, res.output
+    assert res.stderr == "" and res.stdout == ""
+    assert LayerSpec.from_yaml(out).filters == 3
+    res = run("spec", "import", FIX / "k3_channels_first.keras", "-o", out, "--force", "--quiet")
+    assert res.exit_code == 0 and res.output == ""
+    # -q keeps warnings: they say what was imported differently from the file
+    res = run("spec", "import", FIX / "k2_dilated.h5", "-o", tmp_path / "d.yaml", "-q")
+    assert res.exit_code == 0
+    assert res.stderr.startswith("deconv3d: warning: layer 'dil' sets dilation_rate")
+    assert "imported layer" not in res.stderr and "wrote" not in res.stderr
+    args = ["spec", "init", "--filters", "2", "--kernel-size", "2", "--in-channels", "1", "--seed", "0", "-o", out]
+    res = run(*args, "-f", "-q")
+    assert res.exit_code == 0 and res.output == ""
+    assert LayerSpec.from_yaml(out).filters == 2 and LayerSpec.from_yaml(out).in_channels == 1

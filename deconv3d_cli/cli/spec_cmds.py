@@ -42,7 +42,7 @@ def spec_validate(spec_path: Path, as_json: bool) -> None:
 @click.argument("source", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), help="SPEC.yaml to write (its .npz goes beside it).")
 @click.option("--layer", help="Which layer (name, or path such as sub/up for nested models; torch: the key prefix).")
-@click.option("--list", "list_only", is_flag=True, help="List the importable layers and exit.")
+@click.option("--list", "list_only", is_flag=True, help="List every layer, marking those that can be imported; exit.")
 @click.option("--config", "config_path", type=click.Path(path_type=Path), help="Keras: config for a weights-only .h5.")
 @click.option(
     "--weights", "weights_path", type=click.Path(path_type=Path), help="Keras: weights (.h5/.npz) for a config."
@@ -66,10 +66,11 @@ def spec_validate(spec_path: Path, as_json: bool) -> None:
     type=click.Choice(["channels_last", "channels_first"], case_sensitive=False),
     help="PyTorch: the layout of the volumes the spec will read (default channels_last).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace an existing SPEC.yaml / .npz.")
+@click.option("--overwrite", "--force", "-f", "overwrite", is_flag=True, help="Replace an existing SPEC.yaml / .npz.")
+@click.option("-q", "--quiet", is_flag=True, help="Print errors and warnings only.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON report on stdout.")
 @params.debug_option
-def spec_import(source: Path, output: Path | None, list_only: bool, as_json: bool, **p: Any) -> None:
+def spec_import(source: Path, output: Path | None, list_only: bool, as_json: bool, quiet: bool, **p: Any) -> None:
     """Import a Conv3DTranspose layer from a Keras or PyTorch file into SPEC.yaml + SPEC.npz.
 
     \b
@@ -114,6 +115,8 @@ def spec_import(source: Path, output: Path | None, list_only: bool, as_json: boo
     if as_json:
         emit_json({**result.as_json(), "written": [str(w) for w in written]}, 0)
         return
+    if quiet:
+        return
     click.echo(f"{source}: imported layer {result.layer or '(top level)'} ({result.format})", err=True)
     click.echo(f"  {result.spec.describe()}", err=True)
     for note in result.notes:
@@ -124,13 +127,16 @@ def spec_import(source: Path, output: Path | None, list_only: bool, as_json: boo
 def _list_layers(source: Path, config: Path | None, as_json: bool) -> None:
     from .. import importers
 
-    kind, candidates = importers.list_layers(source, config=config)
+    kind, layers = importers.list_layers(source, config=config)
     if as_json:
-        emit_json({"source": str(source), "format": kind, "layers": [c.__dict__ for c in candidates]}, 0)
+        emit_json({"source": str(source), "format": kind, "layers": [c.as_json() for c in layers]}, 0)
         return
-    click.echo(f"{source}: {kind}, {len(candidates)} layer(s)")
-    for c in candidates:
-        click.echo(f"  {c.line()}")
+    n = sum(c.importable for c in layers)
+    click.echo(f"{source}: {kind}, {len(layers)} layer(s), {n} importable (marked +)")
+    for c in layers:
+        click.echo(f"  {'+' if c.importable else '-'} {c.line()}")
+    if n < len(layers):
+        click.echo("  (running a whole model is not supported yet: import its Conv3DTranspose layers one by one)")
 
 
 @spec.command("init", context_settings=CONTEXT)
@@ -166,11 +172,19 @@ def _list_layers(source: Path, config: Path | None, as_json: bool) -> None:
 @click.option("--bias-constraint", callback=params.named)
 @click.option("--name", help="Layer name.")
 @click.option("--no-weights", is_flag=True, help="Write no .npz: draw the weights at run time (from --seed).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing SPEC.yaml / .npz.")
+@click.option("--overwrite", "--force", "-f", "overwrite", is_flag=True, help="Replace an existing SPEC.yaml / .npz.")
+@click.option("-q", "--quiet", is_flag=True, help="Print errors only.")
 @click.option("--json", "as_json", is_flag=True, help="Print the spec's config and weight statistics as JSON.")
 @params.debug_option
 def spec_init(
-    output: Path, padding: str, in_channels: int, no_weights: bool, overwrite: bool, as_json: bool, **kw: Any
+    output: Path,
+    padding: str,
+    in_channels: int,
+    no_weights: bool,
+    overwrite: bool,
+    quiet: bool,
+    as_json: bool,
+    **kw: Any,
 ) -> None:
     """Write a spec whose weights come from Keras initializers (no trained model needed).
 
@@ -205,6 +219,8 @@ def spec_init(
         config = layer.to_config()
         config.update(in_channels=in_channels, seed=layer.seed)
         emit_json({"config": config, "weights": stats, "written": [str(p) for p in written]}, 0)
+        return
+    if quiet:
         return
     click.echo(f"{output}: {layer.describe()}", err=True)
     for which, st in stats.items():

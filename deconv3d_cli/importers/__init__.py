@@ -30,19 +30,26 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import SpecError
+from ..layer import filekind
 from ..layer.spec import LayerSpec
 from . import safe
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A layer that can be imported: its name (a path for nested models) and a one-line summary."""
+    """A layer of a model file: its name (a path for nested models), a one-line summary, and whether
+    `spec import` can import it (a Conv3DTranspose) or only lists it (`--list` shows every layer, so a
+    model's other layers are named rather than silently left out)."""
 
     name: str
     summary: str
+    importable: bool = True
 
     def line(self) -> str:
         return f"{self.name or '(top level)'}: {self.summary}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"name": self.name, "summary": self.summary, "importable": self.importable}
 
 
 @dataclass
@@ -140,12 +147,9 @@ def detect(path: os.PathLike | str) -> str:
                 safe.check_expansion(archive, src, path.stat().st_size)
         except zipfile.BadZipFile as exc:
             raise SpecError(f"not a readable zip archive: {exc}", source=src) from None
-        if "config.json" in names:
-            return "keras-archive"
-        if any(n == "data.pkl" or n.endswith("/data.pkl") for n in names):
-            return "torch"
-        if names and all(n.endswith(".npy") for n in names):
-            return "npz"
+        zkind = filekind.zip_kind(names)
+        if zkind != "zip":
+            return zkind
         raise SpecError(
             "a zip archive that is neither a Keras .keras archive (config.json + model.weights.h5) nor a PyTorch file",
             source=src,
@@ -158,7 +162,11 @@ def detect(path: os.PathLike | str) -> str:
 
 
 def list_layers(source: os.PathLike | str, **options: Any) -> tuple[str, list[Candidate]]:
-    """(format description, candidates) without reading any weights."""
+    """(format description, every layer in order) without reading any weights.
+
+    Keras: every layer of the model (nested ones by path; input layers left out, as Keras's summary of
+    a Sequential does), those that cannot be imported marked `importable=False`.
+    """
     kind = detect(source)
     if kind == "torch":
         from . import pytorch

@@ -63,14 +63,21 @@ def snake(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ configs
-def walk_config(config: Any, source: str) -> list[KerasLayer]:
-    """Every Conv3DTranspose in a model config, a serialised layer, or a bare layer `get_config()`."""
+def walk_config(config: Any, source: str, others: list[tuple[str, str]] | None = None) -> list[KerasLayer]:
+    """Every Conv3DTranspose in a model config, a serialised layer, or a bare layer `get_config()`.
+
+    `others`, when given, receives every layer in the model's order as (path, class name), the
+    Conv3DTranspose layers included and input layers left out, so a listing can name what it cannot import.
+    """
     if not isinstance(config, Mapping):
         raise SpecError(f"a Keras config must be a mapping, got {type(config).__name__}", source=source)
     if "filters" in config and "class_name" not in config:  # a bare get_config()
-        return [KerasLayer((str(config.get("name") or "layer"),), dict(config), None, "")]
+        layer = KerasLayer((str(config.get("name") or "layer"),), dict(config), None, "")
+        if others is not None:
+            others.append((layer.name, KIND))
+        return [layer]
     out: list[KerasLayer] = []
-    _walk_item(config, (), "", {}, out, source, top=True)
+    _walk_item(config, (), "", {}, out, source, top=True, every=others)
     return out
 
 
@@ -84,7 +91,14 @@ def _layers_of(item: Mapping[str, Any]) -> list[Any] | None:
 
 
 def _walk_item(
-    item: Any, path: tuple[str, ...], v3: str, counters: dict[str, int], out: list[KerasLayer], source: str, top: bool
+    item: Any,
+    path: tuple[str, ...],
+    v3: str,
+    counters: dict[str, int],
+    out: list[KerasLayer],
+    source: str,
+    top: bool,
+    every: list[tuple[str, str]] | None = None,
 ) -> None:
     if not isinstance(item, Mapping):
         return
@@ -110,15 +124,19 @@ def _walk_item(
             raise SpecError(f"layer {name!r}: 'config' must be a mapping", source=source)
         build = item.get("build_config")
         out.append(KerasLayer((*path, name), dict(cfg), build, here))
+        if every is not None:
+            every.append(("/".join((*path, name)), class_name))
         return
     layers = _layers_of(item)
     if layers is None:
+        if every is not None and not top and class_name != "InputLayer":
+            every.append(("/".join((*path, name)), class_name))
         return
     inner_path = path if top else (*path, name)
     inner_v3 = "" if top else here + "/"
     inner_counters: dict[str, int] = {}
     for child in layers:
-        _walk_item(child, inner_path, inner_v3, inner_counters, out, source, top=False)
+        _walk_item(child, inner_path, inner_v3, inner_counters, out, source, top=False, every=every)
 
 
 def _version_of(config: Any) -> str | None:
@@ -136,6 +154,12 @@ class KerasSource:
     version: str | None
     weights: Any  # an open h5py.File / Group (v3 or legacy), or ("npz", Path), or None
     weights_desc: str | None
+    every: list[tuple[str, str]]  # every layer (path, class name) in the model's order, for --list
+
+
+def _walk(config: Any, source: str) -> tuple[list[KerasLayer], list[tuple[str, str]]]:
+    every: list[tuple[str, str]] = []
+    return walk_config(config, source, every), every
 
 
 def _open(path: Path, kind: str, config: Path | None, weights: Path | None, stack: ExitStack) -> KerasSource:
@@ -167,7 +191,8 @@ def _open_archive(path: Path, config: Path | None, weights: Path | None, stack: 
     member = stack.enter_context(archive.open("model.weights.h5"))
     h5 = stack.enter_context(safe.open_h5(member, f"{src}:model.weights.h5"))
     v = f"Keras {version.split('.')[0]}" if version else "Keras"
-    return KerasSource(f"{v} .keras archive", walk_config(cfg, src), version, h5, "model.weights.h5")
+    layers, every = _walk(cfg, src)
+    return KerasSource(f"{v} .keras archive", layers, version, h5, "model.weights.h5", every)
 
 
 def _open_hdf5(path: Path, config: Path | None, weights: Path | None, stack: ExitStack) -> KerasSource:
@@ -184,7 +209,8 @@ def _open_hdf5(path: Path, config: Path | None, weights: Path | None, stack: Exi
         if group is None:
             raise SpecError("an .h5 model without 'model_weights' (saved without weights?)", source=src)
         v = f"Keras {version.split('.')[0]}" if version else "Keras"
-        return KerasSource(f"{v} .h5 model", walk_config(cfg, src), version, group, "model_weights")
+        layers, every = _walk(cfg, src)
+        return KerasSource(f"{v} .h5 model", layers, version, group, "model_weights", every)
     if config is None:
         raise SpecError(
             "a weights-only .h5 (save_weights) holds no layer config; give the model's config with "
@@ -194,12 +220,9 @@ def _open_hdf5(path: Path, config: Path | None, weights: Path | None, stack: Exi
     if weights is not None:
         raise SpecError("--weights is for a config SOURCE; this SOURCE is the weights file", source=src)
     cfg = _config_file(config)
+    layers, every = _walk(cfg, str(config))
     return KerasSource(
-        "Keras weights-only .h5 with config " + str(config),
-        walk_config(cfg, str(config)),
-        _version_of(cfg) or version,
-        h5,
-        src,
+        "Keras weights-only .h5 with config " + str(config), layers, _version_of(cfg) or version, h5, src, every
     )
 
 
@@ -209,16 +232,17 @@ def _open_config(path: Path, config: Path | None, weights: Path | None, stack: E
     if config is not None:
         raise SpecError("SOURCE is already a config; give weights with --weights, not --config", source=src)
     cfg = safe.load_text_config(path)
-    layers = walk_config(cfg, src)
+    layers, every = _walk(cfg, src)
     version = _version_of(cfg)
     if weights is None:
-        return KerasSource("Keras config", layers, version, None, None)
+        return KerasSource("Keras config", layers, version, None, None, every)
     wkind = safe.sniff(weights)
     if wkind == "hdf5":
         h5 = stack.enter_context(safe.open_h5(str(weights), str(weights)))
-        return KerasSource(f"Keras config with weights {weights}", layers, version, h5, str(weights))
+        return KerasSource(f"Keras config with weights {weights}", layers, version, h5, str(weights), every)
     if wkind == "zip":
-        return KerasSource(f"Keras config with weights {weights}", layers, version, ("npz", weights), str(weights))
+        npz = ("npz", weights)
+        return KerasSource(f"Keras config with weights {weights}", layers, version, npz, str(weights), every)
     raise SpecError("--weights must be an .h5 (save_weights) or .npz file", source=str(weights))
 
 
@@ -239,9 +263,17 @@ def _config_file(path: Path) -> Any:
 
 
 def list_layers(path: Path, kind: str, config: Any = None) -> tuple[str, list[Candidate]]:
+    """Every layer of the model in order; those that are not Conv3DTranspose marked not importable."""
     with ExitStack() as stack:
         source = _open(path, kind, None if config is None else Path(config), None, stack)
-        return source.description, [Candidate(layer.name, layer.summary()) for layer in source.layers]
+        convs = iter(source.layers)
+        out = []
+        for name, class_name in source.every:
+            if class_name in CONV_CLASSES:
+                out.append(Candidate(name, next(convs).summary()))
+            else:
+                out.append(Candidate(name, f"{class_name} (not importable: only Conv3DTranspose layers are)", False))
+        return source.description, out
 
 
 def _keras2_dilation(cfg: dict[str, Any], name: str, version: str | None, keras2_dilation: str) -> list[str]:

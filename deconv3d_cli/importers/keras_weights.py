@@ -8,7 +8,8 @@ Where the weights of a layer live:
   stores the layer's own name as an attribute of `vars`, which is preferred when present.
 - Legacy `.h5` (Keras 2, and Keras 3's legacy format): group `model_weights` (or the file root for
   `save_weights`) with attribute `layer_names`; each top-level layer's group lists `weight_names` such as
-  `up/kernel:0`, or `sub/inner/kernel` for a layer inside the nested model `sub`.
+  `up/kernel:0`, or `sub/inner/kernel` for a layer inside the nested model `sub`, or (Keras 3, a
+  top-level Sequential) `sequential_1/up/kernel`, the model's own name first.
 """
 
 from __future__ import annotations
@@ -131,8 +132,7 @@ def _legacy_weights(root: Any, layer: KerasLayer, src: str, where: str) -> tuple
             owner = tuple(parts[:-1])
             if leaf not in matches or not owner or owner[-1] != layer.path[-1]:
                 continue
-            # 'up/kernel:0' (Keras 2) or 'sub/inner/kernel' (Keras 3 legacy): a suffix of the layer's path.
-            if tuple(layer.path[-len(owner) :]) != owner and gname == layer.path[0]:
+            if gname == layer.path[0] and not _owns(owner, layer.path):
                 continue
             matches[leaf].append((group, wname))
     if not matches["kernel"]:
@@ -150,6 +150,18 @@ def _legacy_weights(root: Any, layer: KerasLayer, src: str, where: str) -> tuple
     if same_group:
         bias = safe.h5_array(_dataset(*same_group[0], src, where), src, f"layer {layer.name!r} bias")
     return kernel, bias
+
+
+def _owns(owner: tuple[str, ...], path: tuple[str, ...]) -> bool:
+    """Whether weight names under `owner` belong to the layer at `path`: one is a suffix of the other.
+
+    Keras 2 names a weight by the layer alone ('up/kernel:0', also inside nested models); Keras 3's
+    legacy `.h5` by the layer's path from the innermost enclosing Sequential, whose own name comes first:
+    'sub/inner/kernel' for a layer of a nested Sequential, 'sequential_1/up/kernel' for a layer of a
+    top-level Sequential (the top model is not in the layer's path), 'fup/kernel' inside a functional one.
+    """
+    n = min(len(owner), len(path))
+    return owner[-n:] == path[-n:]
 
 
 def _dataset(group: Any, wname: str, src: str, where: str) -> Any:

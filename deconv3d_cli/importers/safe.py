@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SpecError
-from ..layer import textconfig
+from ..layer import filekind, textconfig
 
 # A config or metadata member larger than this is not a Keras config.
 MAX_TEXT_BYTES = textconfig.MAX_TEXT_BYTES
@@ -31,9 +31,6 @@ EXPANSION_FACTOR = 2
 EXPANSION_SLACK = 64 << 20
 # Arrays larger than this (elements; 1 GiB of float32) are refused before they are read: no real kernel is.
 MAX_ARRAY_ELEMENTS = 1 << 28
-
-HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
-ZIP_MAGIC = b"PK\x03\x04"
 
 
 def sniff(path: Path) -> str:
@@ -45,12 +42,9 @@ def sniff(path: Path) -> str:
         return "directory"
     except OSError as exc:
         raise SpecError(f"cannot read: {exc.strerror or exc}", source=str(path)) from None
-    if head.startswith(HDF5_MAGIC):
-        return "hdf5"
-    if head.startswith(ZIP_MAGIC) or head.startswith(b"PK\x05\x06"):
-        return "zip"
-    if head[:1] == b"\x80" or head.startswith(b"\x8a\x0a"):  # pickle protocol >= 2, or torch's legacy magic
-        return "pickle"
+    kind = filekind.magic(head)
+    if kind in ("hdf5", "zip", "pickle"):
+        return kind
     stripped = head.lstrip()
     if stripped[:1] in (b"{", b"[") or _looks_like_text(head):
         return "text"

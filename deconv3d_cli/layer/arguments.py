@@ -193,6 +193,15 @@ def keras_arguments(mapping: Any, source: str | None) -> dict[str, Any]:
     if "class_name" in data or "config" in data:
         class_name = data.get("class_name")
         if class_name != "Conv3DTranspose":
+            config = data.get("config")
+            if isinstance(config, Mapping) and isinstance(config.get("layers"), list):  # model.to_json()
+                raise SpecError(
+                    f"{class_name!r} is a Keras model config, not a layer spec: import one of its Conv3DTranspose "
+                    f"layers with `deconv3d spec import {source or 'MODEL.json'} --layer NAME -o spec.yaml`; "
+                    "running a whole model is not supported yet",
+                    source=source,
+                    field="class_name",
+                )
             raise SpecError(f"{class_name!r} is not a Conv3DTranspose layer", source=source, field="class_name")
         refuse_unknown(data, SERIALISED_KEYS + OWN_KEYS, source)
         config = data.get("config")

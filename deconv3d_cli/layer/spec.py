@@ -219,7 +219,7 @@ class LayerSpec:
 
         path = Path(path)
         src = str(path)
-        data = load_file(path)
+        data = load_file(path, expected="a spec")
         return cls.from_mapping(data, source=src, base_dir=path.parent)
 
     # ----------------------------------------------------------------- weights

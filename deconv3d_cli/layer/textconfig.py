@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from ..errors import SpecError
+from . import filekind
 
 MAX_TEXT_BYTES = 64 << 20
 MAX_DEPTH = 100  # Keras model configs nest about 11 levels per model
@@ -144,8 +145,12 @@ def loads(text: str, source: str | None = None, what: str = "") -> Any:
         ) from None
 
 
-def load_file(path: Path | str) -> Any:
-    """A JSON or YAML file: a regular file of at most MAX_TEXT_BYTES, UTF-8, bounded as `loads`."""
+def load_file(path: Path | str, expected: str = "a YAML or JSON file") -> Any:
+    """A JSON or YAML file: a regular file of at most MAX_TEXT_BYTES, UTF-8, bounded as `loads`.
+
+    A binary file (a Keras model, weights, a volume) is recognised by its first bytes and refused with
+    what it is and the command that reads it (filekind.py), naming `expected`, what the caller wanted.
+    """
     path = Path(path)
     src = str(path)
     try:
@@ -157,15 +162,32 @@ def load_file(path: Path | str) -> Any:
     if not stat.S_ISREG(st.st_mode):
         kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file (a FIFO or device?)"
         raise SpecError(f"is {kind}; give a YAML or JSON file", source=src)
+    _refuse_binary(path, src, expected)
     if st.st_size > MAX_TEXT_BYTES:
         raise SpecError(f"{st.st_size} bytes is too large for a config file", source=src)
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_TEXT_BYTES + 1)
         text = raw.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"cannot read: {exc}", source=src) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            f"is not UTF-8 text (byte {exc.start}), so not {expected}: a spec or config is YAML or JSON", source=src
+        ) from None
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror or exc}", source=src) from None
     data = loads(text, src)
     if data is None:
         raise SpecError("file is empty", source=src)
     return data
+
+
+def _refuse_binary(path: Path, src: str, expected: str) -> None:
+    """Refuse a file whose first bytes say it is a model, weights or a volume, saying what would read it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512)
+    except OSError as exc:
+        raise SpecError(f"cannot read: {exc.strerror or exc}", source=src) from None
+    kind = filekind.kind_of(path, head)
+    if kind is not None:
+        raise SpecError(filekind.advice(path, kind, expected), source=src)

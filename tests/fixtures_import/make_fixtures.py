@@ -16,7 +16,7 @@ How to regenerate
     pip install -e '.[golden]'                        # tensorflow-cpu + tf-keras (Keras 3 comes with TF)
     python tests/fixtures_import/make_fixtures.py     # rewrites tests/fixtures_import/*, prints a summary
 
-e.g. `/tmp/tfenv/bin/python tests/fixtures_import/make_fixtures.py` (about 5 s). The numbers are
+e.g. `.venv-golden/bin/python tests/fixtures_import/make_fixtures.py` (`make golden`; about 15 s). The numbers are
 deterministic (fixed seeds); the model files' bytes are not (HDF5 and `.keras` metadata hold save
 times). No network is needed and nothing outside tests/fixtures_import/ is written.
 """
@@ -233,6 +233,57 @@ def keras3_models(rec: Recorder, rng, k2: dict) -> None:
     rec.case("k2_dilated.h5", "dil", d, x, ("--keras2-dilation", "keep"), keras="2", warns=True)
 
 
+# ------------------------------------------------------------------------- Sequential and nested models
+def structures(rec: Recorder) -> None:
+    """What each generation writes for a Sequential and for models nested in a Sequential, in `.h5` and `.keras`.
+
+    Keras 3's legacy `.h5` names a top-level Sequential's weights with the model's name first
+    (`sequential_1/up/kernel`), a nested Sequential's with its own name (`inner/a/kernel`) and a nested
+    functional model's with the layer alone (`b/kernel`); tf.keras 2 names them all by the layer alone.
+    A Conv3D between the transposed layers is in the models too, as a layer `--list` shows but cannot import.
+    Own random stream, so the cases above keep their numbers.
+    """
+    import keras as k3
+    import tf_keras as k2
+
+    rng = np.random.default_rng(SEED + 1)
+    for version, k in (("2", k2), ("3", k3)):
+        k.utils.set_random_seed(SEED)
+        up = k.layers.Conv3DTranspose(2, (2, 3, 2), strides=(2, 1, 2), padding="same", activation="relu", name="up")
+        mix = k.layers.Conv3D(2, 1, name="mix")
+        out = k.layers.Conv3DTranspose(1, 2, padding="valid", output_padding=None, name="out")
+        seq = k.Sequential([k.Input((3, 2, 3, 1)), up, mix, out], name="sequential_1")
+        set_random_weights(up, rng, 1)
+        mix.set_weights([rnd(rng, (1, 1, 1, 2, 2), 0.7), rnd(rng, (2,), 0.5)])
+        set_random_weights(out, rng, 2)
+
+        a = k.layers.Conv3DTranspose(2, 2, strides=2, use_bias=False, name="a")
+        inner = k.Sequential([k.Input((2, 3, 2, 1)), a], name="inner")
+        b_in = k.Input((4, 6, 4, 2))
+        b = k.layers.Conv3DTranspose(2, (1, 2, 1), strides=(1, 1, 2), activation="tanh", name="b")
+        block = k.Model(b_in, b(b_in), name="block")
+        tail = k.layers.Conv3DTranspose(1, 1, activation="sigmoid", name="tail")
+        nested = k.Sequential([k.Input((2, 3, 2, 1)), inner, block, tail], name="outer")
+        set_random_weights(a, rng, 1)
+        set_random_weights(b, rng, 2)
+        set_random_weights(tail, rng, 2)
+
+        xs = {
+            "up": rnd(rng, (1, 3, 2, 3, 1)),
+            "out": rnd(rng, (1, 6, 2, 6, 2)),
+            "a": rnd(rng, (1, 2, 3, 2, 1)),
+            "b": rnd(rng, (1, 4, 6, 4, 2)),
+            "tail": rnd(rng, (1, 4, 7, 8, 2)),
+        }
+        for ext in ("h5", "keras"):
+            seq.save(HERE / f"k{version}_sequential.{ext}")
+            nested.save(HERE / f"k{version}_nested.{ext}")
+            for name, layer in (("up", up), ("out", out)):
+                rec.case(f"k{version}_sequential.{ext}", name, layer, xs[name], keras=version)
+            for name, layer in (("inner/a", a), ("block/b", b), ("tail", tail)):
+                rec.case(f"k{version}_nested.{ext}", name, layer, xs[name.split("/")[-1]], keras=version)
+
+
 # ------------------------------------------------------------------------------------------ constraints
 CONSTRAINT_CASES = [
     ("MaxNorm", {}),
@@ -417,6 +468,7 @@ def main() -> None:
     rec = Recorder()
     k2 = keras2_models(rec, rng)
     keras3_models(rec, rng, k2)
+    structures(rec)
     constraints(rng)
     regularizers(rng)
     initializers()
