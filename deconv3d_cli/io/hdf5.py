@@ -8,7 +8,8 @@ the input had is written back on the output with the new (stride-divided) spacin
 Inputs are refused at open, with one line, when they cannot be read as a volume exactly: data kept
 in other files (io/hdf5_outside.py; `allow_external` reads it), a filter this HDF5 cannot decode, a
 null or scalar dataspace. Chunks never written read as the fill value, as HDF5 says; the reader counts
-the distinct ones it meets in `missing_chunks`. The writer is io/hdf5_writer.py.
+the distinct ones it meets in `missing_chunks`, and refuses to go on once the file has been cut short or
+replaced (io/hdf5_watch.py: HDF5 would read zeros past its end). The writer is io/hdf5_writer.py.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import numpy as np
 
 from ..errors import InputError
 from .base import VolumeMeta
-from .chunking import chunk_boxes, output_chunks
+from .chunking import output_chunks
 from .hdf5_outside import check_filters, check_outside, external_links
+from .hdf5_watch import ChunkMap, FileWatch
 from .hdf5_writer import DEFAULT_DATASET, Hdf5Writer, create_writer, errno_of, output_size, reason
 from .spacing import SPACING_ATTRS, spacing_from, spacing_value
 
@@ -151,6 +153,7 @@ class Hdf5Reader:
         self.path = Path(path)
         src = str(path)
         try:
+            self._watch = FileWatch(self.path)
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise InputError(f"not a readable HDF5 file ({reason(exc)})", source=src) from None
@@ -168,8 +171,7 @@ class Hdf5Reader:
             self._raw = ds
             # Converting during the read lets HDF5 swap bytes in place; torch refuses big-endian arrays.
             self._ds = ds if ds.dtype == self.dtype else ds.astype(self.dtype)
-            self._missing: set[tuple[int, ...]] = set()
-            self._present: set[tuple[int, ...]] = set()
+            self._chunk_map: ChunkMap | None = None  # made at the first read: inspect never needs it
             attrs = _read_attrs(ds)
             spacing_name, spacing_attr, spacing = _find_spacing(ds)
             if spacing_name is not None and spacing_name not in attrs:
@@ -187,27 +189,20 @@ class Hdf5Reader:
     @property
     def missing_chunks(self) -> int:
         """Distinct chunks that reads met unwritten (they read as the dataset's fill value)."""
-        return len(self._missing)
+        return 0 if self._chunk_map is None else self._chunk_map.missing
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
             if self.chunks is not None:
-                self._count_missing(index)
-            return np.asarray(self._ds[index])
+                if self._chunk_map is None:
+                    self._chunk_map = ChunkMap(self._raw, self.shape, self.chunks)
+                self._chunk_map.meet(index)
+            data = np.asarray(self._ds[index])
         except OSError as exc:
+            self._watch.check()  # a file cut short is the cause to name, not HDF5's symptom
             raise InputError(f"cannot read {self.dataset} ({reason(exc)})", source=str(self.path)) from None
-
-    def _count_missing(self, index: tuple[slice, ...]) -> None:
-        info = getattr(self._raw.id, "get_chunk_info_by_coord", None)
-        if info is None:  # HDF5 < 1.10.5 cannot say which chunks are stored
-            return
-        assert self.chunks is not None
-        for coords, _, _ in chunk_boxes(index, self.shape, self.chunks):
-            if coords in self._missing or coords in self._present:
-                continue
-            offset = tuple(k * c for k, c in zip(coords, self.chunks))
-            stored = info(offset).byte_offset is not None
-            (self._present if stored else self._missing).add(coords)
+        self._watch.check()  # after the read: what it returned came from the whole file
+        return data
 
     def close(self) -> None:
         if self._file is not None:
@@ -252,5 +247,3 @@ __all__ = [
     "spacing_from",
     "spacing_value",
 ]
-
-
