@@ -4,8 +4,11 @@ a reader thread is busy inside HDF5. Every stop is driven at an exact point by a
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import h5py
@@ -14,6 +17,7 @@ import pytest
 
 from deconv3d_cli import InputError
 from deconv3d_cli.io import open_reader
+from deconv3d_cli.io.atomic import journal_path, partial_path
 
 if sys.platform != "linux":  # pragma: no cover - truncation and signals are what the cases are about
     pytestmark = pytest.mark.skip("Linux only")
@@ -62,6 +66,7 @@ def test_hdf5_input_cut_short_during_a_run_fails_in_one_line_and_leaves_nothing(
     out.parent.mkdir()
     hook = f"""
 import os
+import signal
 from deconv3d_cli.io import hdf5
 real = hdf5.Hdf5Reader.read
 calls = []
@@ -121,3 +126,85 @@ def test_unwritten_chunks_are_counted_from_one_walk_of_the_index(tmp_path):
     assert reader.missing_chunks == 16 + 16 + 15
     assert ident.calls == 1  # was one index query per chunk (80), each a scan of the index
     reader.close()
+
+
+def _wait_for(path: Path, proc: subprocess.Popen) -> None:
+    """Until the subprocess's hook has made `path` (the deadline only bounds a broken test)."""
+    deadline = time.monotonic() + 120
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[1]
+        assert time.monotonic() < deadline, f"the hook never reached {path.name}"
+        time.sleep(0.01)
+
+
+# The reader thread, at its second tile, takes h5py's lock (as a thread inside HDF5 holds it) and blocks
+# for good; each signal the handler receives is reported in a file before it is handled.
+SECOND_SIGNAL_HOOK = """
+import threading
+from pathlib import Path
+from h5py._objects import phil
+from deconv3d_cli.io import hdf5
+from deconv3d_cli.run import stop
+real_read, real_handler = hdf5.Hdf5Reader.read, stop._Stop.handler
+reads, seen = [], []
+def read(self, index):
+    reads.append(index)
+    if len(reads) == 2:
+        with phil:
+            Path({blocked!r}).touch()
+            threading.Event().wait()
+    return real_read(self, index)
+def handler(self, signum, frame):
+    seen.append(signum)
+    Path({signals!r} + str(len(seen))).touch()
+    return real_handler(self, signum, frame)
+hdf5.Hdf5Reader.read, stop._Stop.handler = read, handler
+"""
+
+
+@pytest.mark.parametrize("out_name", ["o.npy", "o.h5"])
+def test_a_second_sigterm_stops_at_once_while_a_reader_is_blocked_inside_hdf5(tmp_path, out_name):
+    src = _h5(tmp_path / "in.h5", shape=(32, 32, 32))
+    (tmp_path / "s.yaml").write_text(SPEC)
+    out = tmp_path / out_name
+    blocked, signals = tmp_path / "blocked", str(tmp_path / "signal-")
+    args = ["upsample", str(src), "-o", str(out), "--spec", "s.yaml", "--tile", "8,32,32", "--checkpoint-every", "0"]
+    script = SECOND_SIGNAL_HOOK.format(blocked=str(blocked), signals=signals)
+    script += f"import sys\nfrom deconv3d_cli.cli import main\nsys.argv = ['deconv3d', *{args!r}]\nmain()\n"
+    proc = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    try:
+        _wait_for(blocked, proc)
+        proc.send_signal(signal.SIGTERM)  # asks for a stop between tiles: the reader never returns
+        _wait_for(Path(signals + "1"), proc)
+        proc.send_signal(signal.SIGTERM)  # the second: at once
+        stderr = proc.communicate(timeout=60)[1]  # was a hang: the signal swallowed, the reader joined forever
+    finally:
+        proc.kill()
+        proc.wait()
+    lines = stderr.strip().splitlines()
+    assert proc.returncode == 143, stderr
+    assert len(lines) == 1 and lines[0].startswith("deconv3d: stopped by SIGTERM: "), stderr
+    assert lines[0].endswith("--resume")
+    assert re.search(f"SIGTERM: [01] of 32 tiles of {re.escape(str(out))} kept", lines[0])
+    assert not out.exists() and partial_path(out).exists() and journal_path(out).exists()
+    clean = tmp_path / f"clean-{out_name}"
+    for target, extra in ((out, ["--resume"]), (clean, [])):
+        res = subprocess.run(
+            [sys.executable, "-m", "deconv3d_cli", *args[:3], str(target), *args[4:], *extra],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            cwd=tmp_path,
+        )
+        assert res.returncode == 0, res.stderr
+    assert _values(out) == _values(clean)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["in.h5", "s.yaml", "blocked", "signal-1", "signal-2", out_name, f"clean-{out_name}"]
+    )
+
+
+def _values(path: Path) -> bytes:
+    if path.suffix == ".npy":
+        return np.load(path).tobytes()
+    with h5py.File(path) as f:
+        return f["data"][...].tobytes()

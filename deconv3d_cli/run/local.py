@@ -129,6 +129,7 @@ class Pipeline:
         self.busy = {"compute": 0.0, "write": 0.0}
         self.skipped: frozenset[int] = frozenset()
         self.sent_end = False  # the compute stage has told the writer there are no more tiles
+        self.let_go = False  # a second signal: the stage threads are left to the process's end
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -157,7 +158,10 @@ class Pipeline:
                 committing = time.perf_counter()
                 self._finish(target)
         except Interrupted as stopped:
-            self._keep(target)
+            if stopped.at_once:
+                self._let_go(target)
+            else:
+                self._keep(target)
             stopped.kept, stopped.total, stopped.target = len(target.done), len(job.plan), job.output
             raise
         except DiskFault as fault:
@@ -167,7 +171,8 @@ class Pipeline:
             self._discard(target)
             raise
         finally:
-            job.close()
+            if not self.let_go:
+                job.close()  # a reader thread let go may be inside HDF5, holding its lock: not touched
         now = time.perf_counter()
         job.timings.update(compute=self.busy["compute"], write=self.busy["write"], commit=now - committing)
         job.timings["run"] = now - computing
@@ -222,26 +227,39 @@ class Pipeline:
             t.start()
         try:
             self._compute_stage()
-        except (_Stop, Interrupted):
+        except _Stop:
             pass
+        except Interrupted as stopped:
+            if stopped.at_once:  # a second signal: nothing is waited for
+                self.let_go = True
+                self.stop.set()
+                raise
         except BaseException:
             self.stop.set()
             raise
         finally:
-            self._join(threads)
+            if not self.let_go:
+                self._join(threads)
         if self.errors:
             raise self.errors[0]
         STOP.check()
 
     def _join(self, threads: list[threading.Thread]) -> None:
-        """Wait for the stages; on a stop request the writer first drains the tiles already computed."""
-        if STOP.event.is_set() and not self.stop.is_set():
-            self._drain()
-        for t in threads:
-            while t.is_alive():
-                t.join(timeout=0.2)
-                if self.errors:
-                    self.stop.set()
+        """Wait for the stages; on a stop request the writer first drains the tiles already computed.
+        A second signal meanwhile ends the wait (a reader inside HDF5 may not return for minutes)."""
+        try:
+            if STOP.event.is_set() and not self.stop.is_set():
+                self._drain()
+            for t in threads:
+                while t.is_alive():
+                    t.join(timeout=0.2)
+                    if self.errors:
+                        self.stop.set()
+        except Interrupted as stopped:
+            if stopped.at_once:
+                self.let_go = True
+                self.stop.set()
+            raise
 
     def _drain(self) -> None:
         """Stopping between tiles: the reader stops (it watches STOP); computed tiles still reach the writer."""
@@ -364,6 +382,14 @@ class Pipeline:
             if self.writer is not None:
                 _abandon(self.writer)
             target.keep()
+
+    def _let_go(self, target: OutputTarget) -> None:
+        """A second signal: stop now. No stage thread is waited for and the writer and reader are left
+        as they are (either may be inside HDF5, holding its lock); the journal already names every tile
+        made durable, so `--resume` continues from there, as after a kill -9. Only the lock goes."""
+        self.let_go = True
+        self.stop.set()
+        target.keep()
 
     def _after_fault(self, target: OutputTarget, fault: DiskFault) -> None:
         """A full or failing disk: tiles already journalled stay resumable (said in the error); with none,

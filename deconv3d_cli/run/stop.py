@@ -5,7 +5,10 @@ finished tile. The CLI installs handlers (only the main thread may); a handler o
 pipeline to stop (`requested`), and the pipeline stops between tiles: it writes the tiles already
 computed, makes them durable, journals them, keeps the partial output and raises `Interrupted`. Where
 no pipeline is running (opening inputs, planning, between the files of a batch) there is nothing to
-keep, and the handler raises `Interrupted` at once. A second signal always stops at once.
+keep, and the handler raises `Interrupted` at once. A second signal always stops at once: its
+`Interrupted` is marked `at_once`, and the pipeline then waits for no thread (a reader may be inside
+HDF5 for minutes): the journal already names every tile made durable, so `--resume` continues from
+there, as after a kill -9.
 """
 
 from __future__ import annotations
@@ -24,9 +27,12 @@ EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}
 class Interrupted(BaseException):
     """A run stopped by a signal. Not an Exception: no per-file handler of a batch may swallow it."""
 
-    def __init__(self, signum: int, kept: int = 0, total: int = 0, target: Path | None = None) -> None:
+    def __init__(
+        self, signum: int, kept: int = 0, total: int = 0, target: Path | None = None, at_once: bool = False
+    ) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.at_once = at_once  # a second signal: stop now, without waiting for the tiles in flight
         self.kept = kept
         self.total = total
         self.target = target
@@ -47,7 +53,7 @@ class _Stop:
         self.signum = signum
         self.event.set()
         if again or not self.listeners:
-            raise Interrupted(signum)
+            raise Interrupted(signum, at_once=again)
 
     def check(self) -> None:
         """Raise Interrupted if a stop was asked for (called by the pipeline between tiles)."""
