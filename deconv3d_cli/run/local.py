@@ -227,12 +227,9 @@ class Pipeline:
             t.start()
         try:
             self._compute_stage()
-        except _Stop:
-            pass
-        except Interrupted as stopped:
-            if stopped.at_once:  # a second signal: nothing is waited for
+        except (_Stop, Interrupted) as stopped:
+            if getattr(stopped, "at_once", False):  # a second signal: nothing is waited for (`_let_go`)
                 self.let_go = True
-                self.stop.set()
                 raise
         except BaseException:
             self.stop.set()
@@ -246,20 +243,14 @@ class Pipeline:
 
     def _join(self, threads: list[threading.Thread]) -> None:
         """Wait for the stages; on a stop request the writer first drains the tiles already computed.
-        A second signal meanwhile ends the wait (a reader inside HDF5 may not return for minutes)."""
-        try:
-            if STOP.event.is_set() and not self.stop.is_set():
-                self._drain()
-            for t in threads:
-                while t.is_alive():
-                    t.join(timeout=0.2)
-                    if self.errors:
-                        self.stop.set()
-        except Interrupted as stopped:
-            if stopped.at_once:
-                self.let_go = True
-                self.stop.set()
-            raise
+        A second signal meanwhile ends the wait: its Interrupted leaves here (see `_let_go`)."""
+        if STOP.event.is_set() and not self.stop.is_set():
+            self._drain()
+        for t in threads:
+            while t.is_alive():
+                t.join(timeout=0.2)
+                if self.errors:
+                    self.stop.set()
 
     def _drain(self) -> None:
         """Stopping between tiles: the reader stops (it watches STOP); computed tiles still reach the writer."""
