@@ -9,7 +9,8 @@ An output may be a directory (a Zarr store): the partial is then a directory, re
 the commit renames it onto the target; an existing target (`--overwrite`) is first renamed aside and
 removed only after the new one is in place, so the target is never half-written. Only a directory
 that is itself a store of the output's format is ever replaced: a folder of the user's at an output's
-path is refused, `--overwrite` or not.
+path is refused, `--overwrite` or not. A symlink at an output's path, whatever the format and whatever
+it points to, is replaced itself with `--overwrite`; what it points to is never written.
 
 A run that is stopped (SIGTERM, Ctrl-C) keeps its partial and journal (`keep`); a later run without
 `--resume` that finds tiles in a partial refuses, offering `--resume` or `--overwrite`, so an
@@ -129,12 +130,12 @@ def check_target(target: Path, *, directory: bool, overwrite: bool, resume: bool
                     "another output",
                     source=str(target),
                 )
-        elif directory and target.exists():
+        elif directory and not target.is_symlink() and target.exists():
             raise InputError(
                 "is a file, not a Zarr store; remove it yourself or choose another output", source=str(target)
             )
         if not overwrite:
-            raise InputError("output exists; pass --overwrite to replace it", source=str(target))
+            raise InputError(f"output exists; pass --overwrite to replace {_what(target)}", source=str(target))
     if os.path.lexists(journal_path(target)) and not os.path.lexists(partial_path(target)):
         _remove_stale_journal(target)
     kept = kept_tiles(target)
@@ -144,6 +145,14 @@ def check_target(target: Path, *, directory: bool, overwrite: bool, resume: bool
             "continue it, or --overwrite to start over",
             source=str(target),
         )
+
+
+def _what(target: Path) -> str:
+    """What --overwrite replaces: a symlink at an output path is itself replaced (as a preview's is),
+    whatever it points to; the file or store at the other end is never written nor removed."""
+    if target.is_symlink():
+        return "the link (what it points to is never written)"
+    return "it"
 
 
 def _remove_stale_journal(target: Path) -> None:

@@ -8,15 +8,12 @@ the input had is written back on the output with the new (stride-divided) spacin
 Inputs are refused at open, with one line, when they cannot be read as a volume exactly: data kept
 in other files (io/hdf5_outside.py; `allow_external` reads it), a filter this HDF5 cannot decode, a
 null or scalar dataspace. Chunks never written read as the fill value, as HDF5 says; the reader counts
-the distinct ones it meets in `missing_chunks` (io/hdf5_stored.py). HDF5's default driver also reads
-zeros past the end of a file cut short, so a file truncated while it is read would give an output
-with zeros where its data was: every read checks the open file's size against its size at open, as
-the `.npy`, `.nii` and Zarr readers do. The writer is io/hdf5_writer.py.
+the distinct ones it meets in `missing_chunks`, and refuses to go on once the file has been cut short or
+replaced (io/hdf5_watch.py: HDF5 would read zeros past its end). The writer is io/hdf5_writer.py.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +25,7 @@ from ..errors import InputError
 from .base import VolumeMeta
 from .chunking import output_chunks
 from .hdf5_outside import check_filters, check_outside, external_links
-from .hdf5_stored import StoredChunks
+from .hdf5_watch import ChunkMap, FileWatch
 from .hdf5_writer import DEFAULT_DATASET, Hdf5Writer, create_writer, errno_of, output_size, reason
 from .spacing import SPACING_ATTRS, spacing_from, spacing_value
 
@@ -156,6 +153,7 @@ class Hdf5Reader:
         self.path = Path(path)
         src = str(path)
         try:
+            self._watch = FileWatch(self.path)
             self._file = h5py.File(self.path, "r")
         except OSError as exc:
             raise InputError(f"not a readable HDF5 file ({reason(exc)})", source=src) from None
@@ -173,8 +171,7 @@ class Hdf5Reader:
             self._raw = ds
             # Converting during the read lets HDF5 swap bytes in place; torch refuses big-endian arrays.
             self._ds = ds if ds.dtype == self.dtype else ds.astype(self.dtype)
-            self._stored = None if ds.chunks is None else StoredChunks(ds.id, self.shape, ds.chunks)
-            self._fd, self._size = _opened_size(self._file)
+            self._chunk_map: ChunkMap | None = None  # made at the first read: inspect never needs it
             attrs = _read_attrs(ds)
             spacing_name, spacing_attr, spacing = _find_spacing(ds)
             if spacing_name is not None and spacing_name not in attrs:
@@ -192,47 +189,26 @@ class Hdf5Reader:
     @property
     def missing_chunks(self) -> int:
         """Distinct chunks that reads met unwritten (they read as the dataset's fill value)."""
-        return 0 if self._stored is None else self._stored.missing
+        return 0 if self._chunk_map is None else self._chunk_map.missing
 
     def read(self, index: tuple[slice, ...]) -> np.ndarray:
         try:
-            if self._stored is not None:
-                self._stored.touch(index)
+            if self.chunks is not None:
+                if self._chunk_map is None:
+                    self._chunk_map = ChunkMap(self._raw, self.shape, self.chunks)
+                self._chunk_map.meet(index)
             data = np.asarray(self._ds[index])
         except OSError as exc:
+            self._watch.check()  # a file cut short is the cause to name, not HDF5's symptom
             raise InputError(f"cannot read {self.dataset} ({reason(exc)})", source=str(self.path)) from None
-        self._check_intact()  # after the read: what it returned came from the whole file
+        self._watch.check()  # after the read: what it returned came from the whole file
         return data
-
-    def _check_intact(self) -> None:
-        """Refuse a file cut short since it was opened (HDF5 would have read zeros past its new end)."""
-        if self._fd is None:
-            return
-        try:
-            size = os.fstat(self._fd).st_size
-        except OSError:
-            return
-        if size < self._size:
-            raise InputError(
-                f"the file was truncated while it was being read ({size} bytes, {self._size} when opened); "
-                "rerun once it is complete",
-                source=str(self.path),
-            )
 
     def close(self) -> None:
         if self._file is not None:
             self._ds = self._raw = None  # an external file closes with them
             self._file.close()
             self._file = None
-
-
-def _opened_size(f: h5py.File) -> tuple[int | None, int]:
-    """The open file's descriptor and size, where the driver has one descriptor (sec2, the default)."""
-    try:
-        fd = int(f.id.get_vfd_handle())
-        return fd, os.fstat(fd).st_size
-    except (OSError, TypeError, ValueError, NotImplementedError, AttributeError):
-        return None, 0
 
 
 def _refuse_shapeless(ds: h5py.Dataset, name: str, src: str) -> None:

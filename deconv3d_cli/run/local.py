@@ -132,7 +132,7 @@ class Pipeline:
         self.busy = {"compute": 0.0, "write": 0.0}
         self.skipped: frozenset[int] = frozenset()
         self.sent_end = False  # the compute stage has told the writer there are no more tiles
-        self.reader_busy = False  # a stop left the reader thread inside a read: the input stays open
+        self.let_go = False  # stage threads left to the process's end (a second signal, a read that hangs)
 
     # ------------------------------------------------------------------ the run
     def run(self) -> dict[str, Any]:
@@ -161,7 +161,10 @@ class Pipeline:
                 committing = time.perf_counter()
                 self._finish(target)
         except Interrupted as stopped:
-            self._keep(target)
+            if stopped.at_once:
+                self._let_go(target)
+            else:
+                self._keep(target)
             stopped.kept, stopped.total, stopped.target = len(target.done), len(job.plan), job.output
             raise
         except DiskFault as fault:
@@ -171,8 +174,8 @@ class Pipeline:
             self._discard(target)
             raise
         finally:
-            if not self.reader_busy:  # closing would wait for the read (h5py holds one lock for both)
-                job.close()
+            if not self.let_go:
+                job.close()  # a reader thread let go may be inside HDF5, holding its lock: not touched
         now = time.perf_counter()
         job.timings.update(compute=self.busy["compute"], write=self.busy["write"], commit=now - committing)
         job.timings["run"] = now - computing
@@ -227,13 +230,16 @@ class Pipeline:
             t.start()
         try:
             self._compute_stage()
-        except (_Stop, Interrupted):
-            pass
+        except (_Stop, Interrupted) as stopped:
+            if getattr(stopped, "at_once", False):  # a second signal: nothing is waited for (`_let_go`)
+                self.let_go = True
+                raise
         except BaseException:
             self.stop.set()
             raise
         finally:
-            self._join(threads)
+            if not self.let_go:
+                self._join(threads)
         if self.errors:
             raise self.errors[0]
         STOP.check()
@@ -243,7 +249,8 @@ class Pipeline:
 
         A stop does not wait for a read in progress: its slab would only be thrown away, and one read
         of a slow or damaged input can take minutes. After READER_GRACE the reader thread (a daemon)
-        is left to end with the process, and the input is not closed under it.
+        is left to end with the process, and the input is not closed under it. A second signal
+        meanwhile ends the wait: its Interrupted leaves here (see `_let_go`).
         """
         if STOP.event.is_set() and not self.stop.is_set():
             self._drain()
@@ -258,7 +265,7 @@ class Pipeline:
             reader.join(timeout=0.2)
             waited += 0.2
             if STOP.event.is_set() and waited >= READER_GRACE:
-                self.reader_busy = True
+                self.let_go = True
                 return
 
     def _drain(self) -> None:
@@ -382,6 +389,14 @@ class Pipeline:
             if self.writer is not None:
                 _abandon(self.writer)
             target.keep()
+
+    def _let_go(self, target: OutputTarget) -> None:
+        """A second signal: stop now. No stage thread is waited for and the writer and reader are left
+        as they are (either may be inside HDF5, holding its lock); the journal already names every tile
+        made durable, so `--resume` continues from there, as after a kill -9. Only the lock goes."""
+        self.let_go = True
+        self.stop.set()
+        target.keep()
 
     def _after_fault(self, target: OutputTarget, fault: DiskFault) -> None:
         """A full or failing disk: tiles already journalled stay resumable (said in the error); with none,

@@ -5,11 +5,12 @@ finished tile. The CLI installs handlers (only the main thread may); a handler o
 pipeline to stop (`requested`), and the pipeline stops between tiles: it writes the tiles already
 computed, makes them durable, journals them, keeps the partial output and raises `Interrupted`. Where
 no pipeline is running (opening inputs, planning, between the files of a batch) there is nothing to
-keep, and the handler raises `Interrupted` at once. A second signal always stops at once: it raises
-`Interrupted` in the main thread, and if the process has not ended within `SECOND_SIGNAL_GRACE`
-(a thread inside a long read, or an exit handler, holding a lock the way out needs) a watcher thread
-says so in one line and ends it with the signal's exit status. That is never worse than a kill -9, which
-every output survives: tiles are journalled only once they are durable.
+keep, and the handler raises `Interrupted` at once. A second signal always stops at once: its
+`Interrupted` is marked `at_once`, and the pipeline then waits for no thread (a reader may be inside
+HDF5 for minutes): the journal already names every tile made durable, so `--resume` continues from
+there, as after a kill -9. Should the main thread itself be held inside a C call (a lock a reader
+thread holds inside HDF5, an exit handler), a watcher thread that counts signals ends the process
+after `SECOND_SIGNAL_GRACE` with one line and the signal's exit status.
 """
 
 from __future__ import annotations
@@ -32,9 +33,12 @@ SECOND_SIGNAL_GRACE = 0.8  # seconds the ordinary way out gets after a second si
 class Interrupted(BaseException):
     """A run stopped by a signal. Not an Exception: no per-file handler of a batch may swallow it."""
 
-    def __init__(self, signum: int, kept: int = 0, total: int = 0, target: Path | None = None) -> None:
+    def __init__(
+        self, signum: int, kept: int = 0, total: int = 0, target: Path | None = None, at_once: bool = False
+    ) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+        self.at_once = at_once  # a second signal: stop now, without waiting for the tiles in flight
         self.kept = kept
         self.total = total
         self.target = target
@@ -61,7 +65,7 @@ class _Stop:
         self.signum = signum
         self.event.set()
         if again or not self.listeners:
-            raise Interrupted(signum)
+            raise Interrupted(signum, at_once=again)
 
     def watch(self) -> None:
         """Count signals where no lock can hold them up, and end the process after a second one.

@@ -10,14 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 from ...errors import InputError, RunError, warn_once
 from ...io.zarr import require_extra
 from ..resources import usable_cpus
+from .scratch import make_scratch
 
 CONNECT_TIMEOUT_S = 30
 
@@ -103,12 +102,13 @@ def connect(scheduler: str) -> Iterator[Any]:
 
 @contextlib.contextmanager
 def _local_cluster(distributed: Any, workers: int) -> Iterator[Any]:
-    """Workers keep their scratch space in a folder of ours, removed afterwards (no dask-scratch-space left)."""
+    """Workers keep their scratch space in a folder of ours, removed afterwards (no dask-scratch-space left),
+    or by a later run when this one is killed (scratch.py)."""
     import logging
 
     import dask
 
-    scratch = Path(tempfile.mkdtemp(prefix="deconv3d-dask-"))
+    scratch = make_scratch()  # named for this process: a later run removes it if this one is killed
     try:
         with dask.config.set({"temporary-directory": str(scratch)}):
             cluster = distributed.LocalCluster(
