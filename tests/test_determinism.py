@@ -93,6 +93,26 @@ def test_two_runs_of_the_same_command_write_the_same_bytes(tmp_path, case):
     assert outputs[0] == outputs[1] == outputs[2]  # bytes and formulation, in three processes
 
 
+# The stopped run's writer holds its tile `at + 1` until a stop is asked for (a slow disk, as it were):
+# the tiles before it are journalled, and however loaded the machine, the run cannot finish before the
+# test's signal arrives. Nothing is timed; the bytes written are the program's own.
+HELD_WRITER = """
+import sys
+from deconv3d_cli.run import local
+from deconv3d_cli.run.stop import STOP
+at, write, seen = int(sys.argv[1]), local.write_tile, []
+def held(job, writer, tile, data):
+    seen.append(tile.index)
+    if len(seen) == at + 1:
+        STOP.event.wait()
+    return write(job, writer, tile, data)
+local.write_tile = held
+from deconv3d_cli.cli.main import main
+sys.argv = ["deconv3d", *sys.argv[2:]]
+main()
+"""
+
+
 def _killed_then_resumed(tmp: Path, out_name: str, signum: int, seed: int) -> tuple[dict, dict, str]:
     """A clean run's bytes, and those of a run stopped at a random tile by `signum` then resumed."""
     import signal as sig
@@ -105,8 +125,9 @@ def _killed_then_resumed(tmp: Path, out_name: str, signum: int, seed: int) -> tu
     common = ["--spec", layer, "--tile", "8,8,8", "--checkpoint-every", "0"]
     cli(env, "upsample", src, "-o", tmp / f"clean{out_name}", *common)
     target = tmp / out_name
-    proc = subprocess.Popen([*CLI, "upsample", src, "-o", target, *common], env=env, stderr=subprocess.PIPE, text=True)
     at = int(rng.integers(2, 40))  # of 1000 tiles
+    held = [sys.executable, "-c", HELD_WRITER, str(at)]  # the run cannot end before it is stopped
+    proc = subprocess.Popen([*held, "upsample", src, "-o", target, *common], env=env, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and proc.poll() is None:
         try:
