@@ -69,15 +69,25 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def replaced_path(target: Path) -> Path:
+    """Where a directory commit sets the old target aside while it renames the new one in."""
+    return target.with_name(REPLACED_PREFIX + target.name)
+
+
 def replace(src: Path, dst: Path) -> None:
-    """Move `src` onto `dst` atomically for files; for directories, rename the old one aside first."""
+    """Move `src` onto `dst` atomically for files; for directories, rename the old one aside first.
+
+    Directories cannot be swapped in one step: a kill between the two renames leaves `dst` missing,
+    the old one at `.replaced-NAME` and the complete new one at `src`; `finish_interrupted_commit`
+    completes that commit on the next run.
+    """
     if not (src.is_dir() or (dst.is_dir() and not dst.is_symlink())):
         os.replace(src, dst)
         return
     if not os.path.lexists(dst):
         os.rename(src, dst)
         return
-    aside = dst.with_name(REPLACED_PREFIX + dst.name)
+    aside = replaced_path(dst)
     remove(aside)
     os.rename(dst, aside)
     try:
@@ -146,6 +156,44 @@ def check_target(target: Path, *, directory: bool, overwrite: bool, resume: bool
         )
 
 
+def finish_interrupted_commit(target: Path) -> str | None:
+    """Complete a directory commit that a kill cut between its two renames, or after them; say what was done.
+
+    `.replaced-NAME` exists only while `replace` swaps a directory in, after the partial is complete:
+    with the target missing, the partial is the finished new output and goes in (the commit the killed
+    run was making); with the target back in place (or no partial to put there), what was set aside
+    goes, after the old target is put back if nothing else can be. The journal's lock decides who may
+    do it: a live process holding it is committing right now.
+    """
+    target = Path(target)
+    aside = replaced_path(target)
+    if not os.path.lexists(aside):
+        return None
+    try:
+        fd: int | None = os.open(journal_path(target), os.O_RDWR)
+    except FileNotFoundError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return None  # that process finishes (or undoes) its own commit
+        note = None
+        if not os.path.lexists(target):
+            partial = partial_path(target)
+            done = partial if os.path.lexists(partial) else aside
+            os.rename(done, target)
+            fsync_path(target.parent)
+            note = "finished the commit of an interrupted run" if done == partial else "restored the old output"
+        remove(aside)
+        fsync_path(target.parent)
+        return note or "removed the old output an interrupted commit had set aside"
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def _remove_stale_journal(target: Path) -> None:
     """A journal without its partial: the run committed and was stopped before removing it (or a partial
     was removed by hand). Nothing of it is usable; unless a live process holds it, it goes."""
@@ -195,6 +243,9 @@ class OutputTarget:
         self.resumed = False
         self.overwrite = overwrite
         self.notes: list[str] = []
+        finished = finish_interrupted_commit(self.target)
+        if finished:
+            self.notes.append(f"{finished} ({self.target.name})")
         check_target(self.target, directory=directory, overwrite=overwrite, resume=True)
         self._journal_fd: int | None = None
 
