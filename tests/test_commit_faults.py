@@ -14,6 +14,7 @@ nothing hidden left beside it (no .partial-*, .replaced-*, gzip side files, stag
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import threading
@@ -26,11 +27,23 @@ import pytest
 from click.testing import CliRunner
 
 from deconv3d_cli.cli import main
+from deconv3d_cli.io import gzip_stream
 from deconv3d_cli.run import local
 
 pytestmark = pytest.mark.xdist_group("commit-faults")  # in-process runs patch os: one worker, one at a time
 
-FORMATS = ["o.npy", "o.h5", "o.nii", "o.nii.gz", "o.zarr"]
+# (output, tile): tiles across the first axis make a .nii.gz writer staged, across the last one streamed
+CASES = [
+    pytest.param("o.npy", "4,16,16", id="npy"),
+    pytest.param("o.h5", "4,16,16", id="h5"),
+    pytest.param("o.nii", "4,16,16", id="nii"),
+    pytest.param("o.nii.gz", "4,16,16", id="nii.gz-staged"),
+    pytest.param("o.nii.gz", "16,16,4", id="nii.gz-streamed"),
+    pytest.param("o.zarr", "4,16,16", id="zarr"),
+]
+# .npy boxes go through memory maps of the reserved file, which cannot meet a full disk; without maps,
+# through pwrite, which can
+DISK_CASES = [*CASES, pytest.param("o.npy", "4,16,16", id="npy-pwrite")]
 HIDDEN = (".partial-", ".replaced-")
 SIDE = (".gzindex", ".gzspill", ".gzstage", ".gzseg", ".journal", ".new")
 COMMIT_OPS = ("rename", "replace", "unlink", "rmdir", "fsync")
@@ -38,6 +51,13 @@ WRITE_OPS = ("write", "pwrite", "pwritev", "writev", "copy_file_range", "posix_f
 
 
 # ----------------------------------------------------------------------------------------- helpers
+@pytest.fixture(autouse=True)
+def small_members(monkeypatch):
+    """4 KiB gzip members and 8 KiB of pending bytes: a 16 KiB .nii.gz has 5 members and spills."""
+    monkeypatch.setattr(gzip_stream, "MEMBER_BYTES", 4096)
+    monkeypatch.setattr(gzip_stream, "PENDING_BYTES", 8192)
+
+
 def inputs(folder: Path) -> tuple[Path, Path]:
     """Two 8^3 float32 volumes: the old target is made from `old`, the run under test from `new`."""
     rng = np.random.default_rng(7)
@@ -47,7 +67,7 @@ def inputs(folder: Path) -> tuple[Path, Path]:
     return old, new
 
 
-def command(src: Path, target: Path, *extra: str) -> list[str]:
+def command(src: Path, target: Path, *extra: str, tile: str = "4,16,16") -> list[str]:
     # 4 tiles; a fixed formulation (no timing runs); checkpoints only where the test makes them
     return [
         "upsample",
@@ -62,7 +82,7 @@ def command(src: Path, target: Path, *extra: str) -> list[str]:
         "--engine-path",
         "transpose",
         "--tile",
-        "4,16,16",
+        tile,
         "--checkpoint-every",
         "1000",
         "--overwrite",
@@ -89,16 +109,16 @@ def strays(folder: Path) -> list[str]:
     )
 
 
-def prepared(folder: Path, name: str) -> tuple[Path, Path, object, object]:
+def prepared(folder: Path, name: str, tile: str) -> tuple[Path, Path, object, object]:
     """A folder with the old target in place; (new input, target, old content, clean new content)."""
     folder.mkdir()
     old, new = inputs(folder)
     clean = folder / ("clean-" + name)
-    assert invoke(command(new, clean)).exit_code == 0
+    assert invoke(command(new, clean, tile=tile)).exit_code == 0
     want = content(clean)
     remove(clean)
     target = folder / name
-    assert invoke(command(old, target)).exit_code == 0
+    assert invoke(command(old, target, tile=tile)).exit_code == 0
     return new, target, content(target), want
 
 
@@ -113,7 +133,7 @@ def checked(res, target: Path, want: object) -> None:
 
 
 @contextmanager
-def checkpoint_every_tile(monkeypatch) -> Iterator[None]:
+def checkpoint_every_tile() -> Iterator[None]:
     """Tiles journalled one by one, deterministically: each tile's write first checkpoints those before it."""
     pipes: list[local.Pipeline] = []
     real_init, real_write = local.Pipeline.__init__, local.write_tile
@@ -126,14 +146,14 @@ def checkpoint_every_tile(monkeypatch) -> Iterator[None]:
         pipes[-1]._checkpoint()
         return real_write(job, writer, tile, data)
 
-    monkeypatch.setattr(local.Pipeline, "__init__", init)
-    monkeypatch.setattr(local, "write_tile", write_tile)
-    yield
-    monkeypatch.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(local.Pipeline, "__init__", init)
+        mp.setattr(local, "write_tile", write_tile)
+        yield
 
 
 # ----------------------------------------------------------------------------------------- kill -9 in the commit
-def record_commit(monkeypatch, folder: Path, snaps: Path, run: Callable[[], object]) -> list[str]:
+def record_commit(folder: Path, snaps: Path, run: Callable[[], object]) -> list[str]:
     """Run `run`, copying `folder` into snaps/N after the N-th commit call; the calls' names."""
     calls: list[str] = []
     state = {"on": False}
@@ -160,22 +180,20 @@ def record_commit(monkeypatch, folder: Path, snaps: Path, run: Callable[[], obje
         finally:
             state["on"] = False
 
-    for op in COMMIT_OPS:
-        monkeypatch.setattr(os, op, hooked(op, getattr(os, op)))
-    monkeypatch.setattr(local.Pipeline, "_finish", finish)
-    try:
+    with pytest.MonkeyPatch.context() as mp:
+        for op in COMMIT_OPS:
+            mp.setattr(os, op, hooked(op, getattr(os, op)))
+        mp.setattr(local.Pipeline, "_finish", finish)
         res = run()
-    finally:
-        monkeypatch.undo()
     assert res.exit_code == 0, res.output
     return calls
 
 
-@pytest.mark.parametrize("name", FORMATS)
-def test_kill_after_each_call_of_the_commit_then_resume_or_rerun(tmp_path, monkeypatch, name):
-    new, target, old_bytes, want = prepared(tmp_path / "run", name)
+@pytest.mark.parametrize(("name", "tile"), CASES)
+def test_kill_after_each_call_of_the_commit_then_resume_or_rerun(tmp_path, name, tile):
+    new, target, old_bytes, want = prepared(tmp_path / "run", name, tile)
     snaps = tmp_path / "snaps"
-    calls = record_commit(monkeypatch, target.parent, snaps, lambda: invoke(command(new, target)))
+    calls = record_commit(target.parent, snaps, lambda: invoke(command(new, target, tile=tile)))
     assert any(c.startswith(("rename", "replace")) for c in calls), calls
     failures = []
     for n, call in enumerate(calls, 1):
@@ -187,7 +205,7 @@ def test_kill_after_each_call_of_the_commit_then_resume_or_rerun(tmp_path, monke
         for how, extra in (("--resume", ["--resume"]), ("rerun", [])):
             work = tmp_path / f"{n}{how}"
             shutil.copytree(at, work, symlinks=True)
-            res = invoke(command(new, work / name, *extra))
+            res = invoke(command(new, work / name, *extra, tile=tile))
             if res.exit_code != 0 or content(work / name) != want or strays(work):
                 failures.append(
                     f"after {call!r}, {how}: exit {res.exit_code} {res.output.strip()[-200:]!r}, "
@@ -198,3 +216,82 @@ def test_kill_after_each_call_of_the_commit_then_resume_or_rerun(tmp_path, monke
 
 
 REPLACED = ".replaced-"
+
+
+# ----------------------------------------------------------------------------------------- ENOSPC at every write
+@contextmanager
+def full_disk(at: int | None) -> Iterator[list[str]]:
+    """OSError(ENOSPC) at the `at`-th write of the run (None: count them); yields the writes met so far.
+
+    Writes are the os calls that put bytes or blocks on disk, zarr's chunk and metadata files, and
+    HDF5's chunk writes and flushes (their bytes leave from C, out of reach of a patch of os)."""
+    import h5py
+    import zarr.storage._local as zarr_local
+
+    from deconv3d_cli.io import hdf5_chunks, space
+
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def hooked(what: str, real: Callable) -> Callable:
+        def call(*a, **k):
+            with lock:
+                seen.append(what)
+                fail = len(seen) == at
+            if fail:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return real(*a, **k)
+
+        return call
+
+    with pytest.MonkeyPatch.context() as mp:
+        for op in WRITE_OPS:
+            mp.setattr(os, op, hooked(op, getattr(os, op)))
+        mp.setattr(space, "_allocate", hooked("reserve", space._allocate))
+        mp.setattr(zarr_local, "_put", hooked("zarr put", zarr_local._put))
+        mp.setattr(h5py.Dataset, "__setitem__", hooked("h5 write", h5py.Dataset.__setitem__))
+        mp.setattr(h5py.File, "flush", hooked("h5 flush", h5py.File.flush))
+        mp.setattr(hdf5_chunks.ChunkEncoder, "write", hooked("h5 chunk", hdf5_chunks.ChunkEncoder.write))
+        yield seen
+
+
+def run_out_of_space(new: Path, target: Path, tile: str, at: int | None):
+    with checkpoint_every_tile(), full_disk(at) as seen:
+        res = invoke(command(new, target, tile=tile))
+    return res, list(seen)
+
+
+@pytest.mark.parametrize(("name", "tile"), DISK_CASES)
+def test_full_disk_at_every_write_then_resume_or_rerun(tmp_path, monkeypatch, request, name, tile):
+    if request.node.callspec.id == "npy-pwrite":
+        monkeypatch.setenv("DECONV3D_NPY_MAPS", "0")
+    new, target, old_bytes, want = prepared(tmp_path / "run", name, tile)
+    base = tmp_path / "base"
+    shutil.copytree(target.parent, base)
+    res, writes = run_out_of_space(new, target, tile, None)
+    assert res.exit_code == 0 and content(target) == want, res.output
+    assert len(writes) >= 4, writes
+    failures, resumed = [], 0
+    for n in range(1, len(writes) + 1):
+        work = tmp_path / str(n)
+        shutil.copytree(base, work)
+        res, _ = run_out_of_space(new, work / name, tile, n)
+        err = res.output.strip()
+        if res.exit_code == 0:  # a write whose failure the run may survive: none is expected
+            failures.append(f"ENOSPC at write {n} ({writes[n - 1]}): exit 0")
+        elif res.exit_code != 1 or "no space left" not in err.lower() or content(work / name) != old_bytes:
+            failures.append(f"ENOSPC at write {n} ({writes[n - 1]}): exit {res.exit_code}, {err[-300:]!r}")
+        promised = "rerun with --resume" in err
+        if not promised and strays(work):
+            failures.append(f"ENOSPC at write {n} ({writes[n - 1]}): left {strays(work)} but promised no --resume")
+        again = invoke(command(new, work / name, *(["--resume"] if promised else []), tile=tile))
+        resumed += promised and "resumed" in again.output
+        if again.exit_code != 0 or content(work / name) != want or strays(work):
+            failures.append(
+                f"ENOSPC at write {n} ({writes[n - 1]}), then {'--resume' if promised else 'a rerun'}: "
+                f"exit {again.exit_code} {again.output.strip()[-300:]!r}, same bytes {content(work / name) == want}, "
+                f"strays {strays(work)}"
+            )
+        shutil.rmtree(work)
+    assert failures == [], "\n".join(failures)
+    assert resumed > 0  # some faults came after journalled tiles, and their --resume reused them

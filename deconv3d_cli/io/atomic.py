@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, RunError
+from ..errors import InputError
 
 PARTIAL_PREFIX = ".partial-"
 REPLACED_PREFIX = ".replaced-"
@@ -108,13 +108,19 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def disk_error(exc: OSError, path: Path) -> Exception:
-    """ENOSPC, EFBIG, EIO, ... as one line naming the file and the space left (a RunError: exit 1)."""
-    try:
-        free = shutil.disk_usage(Path(path).parent).free
-        room = f"; {free / (1 << 20):.1f} MiB free there"
-    except OSError:
-        room = ""
-    return RunError(f"cannot write: {exc.strerror or exc}{room}", source=str(path))
+    """ENOSPC, EFBIG, EIO, ... as the writers' one line (io/space.py): a DiskFault, on which the run keeps
+    the tiles already journalled (before, a full disk met by the journal was a plain RunError, and the
+    run threw those tiles away)."""
+    from .space import disk_error as fault  # space imports this module
+
+    return fault(exc, path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is out (a write to a nearly full disk may take only some)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def is_store(path: Path) -> bool:
@@ -295,7 +301,7 @@ class OutputTarget:
         try:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, (json.dumps(self.header, sort_keys=True) + "\n").encode())
+            _write_all(fd, (json.dumps(self.header, sort_keys=True) + "\n").encode())
             os.fsync(fd)
         except OSError as exc:
             self._remove_journal()
@@ -308,7 +314,7 @@ class OutputTarget:
         if not tiles or self._journal_fd is None:
             return
         try:
-            os.write(self._journal_fd, (" ".join(map(str, tiles)) + "\n").encode())
+            _write_all(self._journal_fd, (" ".join(map(str, tiles)) + "\n").encode())
             os.fsync(self._journal_fd)
         except OSError as exc:
             raise disk_error(exc, self.journal) from None
@@ -365,7 +371,11 @@ def _read_journal(fd: int) -> tuple[dict[str, Any] | None, set[int]]:
         if not block:
             break
         chunks.append(block)
-    lines = b"".join(chunks).split(b"\n")
+    data = b"".join(chunks)
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):  # a line cut short (a kill, a full disk): gone, so the next one starts afresh
+        os.ftruncate(fd, whole)
+    lines = data[:whole].split(b"\n")
     try:
         header = json.loads(lines[0])
     except (ValueError, IndexError):
