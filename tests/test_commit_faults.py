@@ -17,6 +17,9 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -295,3 +298,84 @@ def test_full_disk_at_every_write_then_resume_or_rerun(tmp_path, monkeypatch, re
         shutil.rmtree(work)
     assert failures == [], "\n".join(failures)
     assert resumed > 0  # some faults came after journalled tiles, and their --resume reused them
+
+
+# ----------------------------------------------------------------------------------------- real kills at named points
+KILLER = """
+import os, signal, sys, runpy
+from deconv3d_cli.io import gzip_stream
+gzip_stream.MEMBER_BYTES, gzip_stream.PENDING_BYTES = 4096, 8192  # as the small_members fixture
+op, pattern, nth = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real, seen = getattr(os, op), []
+def hooked(*a, **k):
+    out = real(*a, **k)
+    if any(pattern in os.path.basename(str(x)) for x in a if isinstance(x, (str, os.PathLike))):
+        seen.append(a)
+        if len(seen) == nth:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return out
+setattr(os, op, hooked)
+sys.argv = ["deconv3d", *sys.argv[4:]]
+runpy.run_module("deconv3d_cli", run_name="__main__")
+"""
+
+
+def killed(op: str, pattern: str, nth: int, args: list[str]) -> None:
+    """Run the CLI in a child that kill -9s itself right after the `nth` call of os.`op` on a `pattern` name."""
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    res = subprocess.run(
+        [sys.executable, "-c", KILLER, op, pattern, str(nth), *args], capture_output=True, text=True, env=env
+    )
+    assert res.returncode == -signal.SIGKILL, res.stderr
+
+
+@pytest.mark.parametrize(
+    ("how", "extra"),
+    [("--resume", ["--resume"]), ("rerun", []), ("without --overwrite", None)],
+)
+def test_zarr_overwrite_killed_between_the_two_renames_is_finished_by_the_next_run(tmp_path, how, extra):
+    new, target, old_bytes, want = prepared(tmp_path / "run", "o.zarr", "4,16,16")
+    killed("rename", ".replaced-o.zarr", 1, command(new, target))
+    assert not target.exists() and content(target.with_name(".replaced-o.zarr")) == old_bytes
+    if extra is None:  # the target is missing: a run that may not overwrite finishes the commit, then refuses
+        args = [a for a in command(new, target) if a != "--overwrite"]
+        res = invoke(args)
+        assert res.exit_code == 2 and "output exists" in res.output, res.output
+    else:
+        res = invoke(command(new, target, *extra))
+        assert res.exit_code == 0, res.output
+    assert content(target) == want
+    assert strays(target.parent) == []
+
+
+@pytest.mark.parametrize(
+    ("tile", "nth"),  # the commit's unlinks: spill, (stage), index; the old order was index, spill, (stage)
+    [("4,16,16", 1), ("4,16,16", 2), ("4,16,16", 3), ("16,16,4", 1), ("16,16,4", 2)],
+    ids=["staged-1", "staged-2", "staged-3", "streamed-1", "streamed-2"],
+)
+def test_nii_gz_killed_after_each_unlink_of_the_commit_resumes(tmp_path, tile, nth):
+    new, target, _, want = prepared(tmp_path / "run", "o.nii.gz", tile)
+    killed("unlink", ".partial-o.nii.gz.gz", nth, command(new, target, tile=tile))
+    assert (target.parent / ".partial-o.nii.gz.journal").exists()
+    res = invoke(command(new, target, "--resume", tile=tile))
+    assert res.exit_code == 0, res.output
+    assert "4 tiles resumed" in res.output
+    assert content(target) == want
+    assert strays(target.parent) == []
+
+
+@pytest.mark.parametrize("tile", ["4,16,16", "16,16,4"], ids=["staged", "streamed"])
+def test_nii_gz_full_disk_keeps_the_tiles_its_error_says_resume_will_use(tmp_path, tile):
+    new, target, old_bytes, want = prepared(tmp_path / "run", "o.nii.gz", tile)
+    for n in range(1, 100):  # the first write whose failure comes after a journalled tile
+        res, _ = run_out_of_space(new, target, tile, n)
+        if "kept: free some space and rerun with --resume" in res.output:
+            break
+    else:
+        pytest.fail("no full disk after a journalled tile")
+    assert res.exit_code == 1 and content(target) == old_bytes
+    res = invoke(command(new, target, "--resume", tile=tile))
+    assert res.exit_code == 0, res.output
+    assert "resumed" in res.output
+    assert content(target) == want
+    assert strays(target.parent) == []

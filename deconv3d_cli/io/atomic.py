@@ -135,6 +135,7 @@ def check_target(target: Path, *, directory: bool, overwrite: bool, resume: bool
     target = Path(target)
     if not target.parent.is_dir():
         raise InputError("output directory does not exist", source=str(target.parent))
+    finish_interrupted_commit(target)
     if os.path.lexists(target):
         if target.is_dir() and not target.is_symlink():
             if not directory:
@@ -162,19 +163,20 @@ def check_target(target: Path, *, directory: bool, overwrite: bool, resume: bool
         )
 
 
-def finish_interrupted_commit(target: Path) -> str | None:
-    """Complete a directory commit that a kill cut between its two renames, or after them; say what was done.
+def finish_interrupted_commit(target: Path) -> None:
+    """Complete a directory commit that a kill cut between its two renames, or after them.
 
     `.replaced-NAME` exists only while `replace` swaps a directory in, after the partial is complete:
     with the target missing, the partial is the finished new output and goes in (the commit the killed
     run was making); with the target back in place (or no partial to put there), what was set aside
-    goes, after the old target is put back if nothing else can be. The journal's lock decides who may
-    do it: a live process holding it is committing right now.
+    goes, after the old target is put back if nothing else can be; then the journal, as the commit
+    would have. The journal's lock decides who may do it: a live process holding it is committing now.
+    Run by every check of an output path, so a dry run sees what the run will.
     """
     target = Path(target)
     aside = replaced_path(target)
     if not os.path.lexists(aside):
-        return None
+        return
     try:
         fd: int | None = os.open(journal_path(target), os.O_RDWR)
     except FileNotFoundError:
@@ -184,17 +186,15 @@ def finish_interrupted_commit(target: Path) -> str | None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                return None  # that process finishes (or undoes) its own commit
-        note = None
+                return  # that process finishes (or undoes) its own commit
+        partial = partial_path(target)
         if not os.path.lexists(target):
-            partial = partial_path(target)
-            done = partial if os.path.lexists(partial) else aside
-            os.rename(done, target)
+            os.rename(partial if os.path.lexists(partial) else aside, target)
             fsync_path(target.parent)
-            note = "finished the commit of an interrupted run" if done == partial else "restored the old output"
         remove(aside)
         fsync_path(target.parent)
-        return note or "removed the old output an interrupted commit had set aside"
+        if not os.path.lexists(partial):
+            journal_path(target).unlink(missing_ok=True)
     finally:
         if fd is not None:
             os.close(fd)
@@ -249,9 +249,6 @@ class OutputTarget:
         self.resumed = False
         self.overwrite = overwrite
         self.notes: list[str] = []
-        finished = finish_interrupted_commit(self.target)
-        if finished:
-            self.notes.append(f"{finished} ({self.target.name})")
         check_target(self.target, directory=directory, overwrite=overwrite, resume=True)
         self._journal_fd: int | None = None
 
