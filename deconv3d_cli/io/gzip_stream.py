@@ -25,21 +25,16 @@ compressed are skipped (the run core recomputes tiles it had not journalled; the
 values). Side files, spill and index are named after the output (``NAME.gzseg1``, ``NAME.gzspill``,
 ``NAME.gzindex``) and removed by `close` and `abort`; nothing but the output remains.
 
-The index is the last thing to go: `close` first replaces it by a *finished* index (the output's
-length, nothing pending), then removes the other side files, and the index only when the caller has
-removed its own (`drop_index`). A run killed anywhere in that clean-up is resumed from the finished
-index (the file is complete; every byte sent again is skipped), so the tiles the journal calls kept
-are always behind an index. A failed run that keeps its tiles (a full disk) leaves every side file as
-the last `flush` made it (`keep`).
+The index goes last (gzip_index says why): `close` removes it only when the caller has removed its
+own side files (`drop_index`). A failed run that keeps its tiles (a full disk) leaves every side file
+as the last `flush` made it (`keep`).
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import threading
-import zlib
 from collections import deque
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -47,13 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RunError
-from . import gzip_members, space
-from .atomic import fsync_path
+from . import gzip_index, gzip_members, space
 from .gzip_pending import Pending, Ranges, punch_hole, usable_cpus
 
 MEMBER_BYTES = 4 << 20
 PENDING_BYTES = 64 << 20
-INDEX_VERSION = 1
 SUFFIXES = (".gzindex", ".gzspill", ".gzindex.tmp")
 
 
@@ -138,18 +131,18 @@ class GzipStreamWriter:
             self._open_segment(seg, 0)
 
     def _reopen(self) -> None:
-        try:
-            state = json.loads(self.index_path.read_text())
-        except (OSError, ValueError):
-            length = self._complete_length()
+        state = gzip_index.load(self.index_path)
+        if state is None:
+            sides = any(seg.path.exists() for seg in self._segments[1:])  # side segments go before the index
+            length = None if sides else gzip_index.whole_length(self.path, self.total)
             if length is not None:  # killed after the clean-up removed the index, its last step
                 self._reopen_finished(length)
                 return
             raise InputError(
                 f"the partial output has no readable index ({self.index_path.name}); run without --resume",
                 source=str(self.path),
-            ) from None
-        if state.get("version") != INDEX_VERSION or state.get("key") != self.key:
+            )
+        if state.get("version") != gzip_index.VERSION or state.get("key") != self.key:
             raise InputError(
                 "the partial output was written with another layout or compression; run without --resume",
                 source=str(self.path),
@@ -186,28 +179,6 @@ class GzipStreamWriter:
         for seg in self._segments:
             seg.next = seg.members
         self.finished = True
-
-    def _complete_length(self) -> int | None:
-        """The file's length when it alone is the whole stream (every member's CRC and length checked,
-        `total` bytes), else None. Read only where the index is missing, which a run leaves only when
-        killed after removing it."""
-        if any(seg.path.exists() for seg in self._segments[1:]) or not self.path.is_file():
-            return None
-        d, fed, size = zlib.decompressobj(31), False, 0
-        try:
-            with open(self.path, "rb") as f:
-                while block := f.read(1 << 20):
-                    while block:
-                        size += len(d.decompress(block))
-                        fed = True
-                        if size > self.total:
-                            return None
-                        block = d.unused_data if d.eof else b""
-                        if d.eof:
-                            d, fed = zlib.decompressobj(31), False
-        except (OSError, zlib.error):
-            return None
-        return self.path.stat().st_size if size == self.total and not fed else None
 
     def _spill(self) -> int:
         if self._spill_fd is None:
@@ -365,21 +336,13 @@ class GzipStreamWriter:
                 raise space.disk_error(exc, self.path) from None
 
     def _write_index(self) -> None:
-        state: dict[str, Any] = {"version": INDEX_VERSION, "key": self.key, "extra": self.extra}
+        state: dict[str, Any] = {"version": gzip_index.VERSION, "key": self.key, "extra": self.extra}
         if self.finished:
             state.update(finished=True, length=self._segments[0].length)
         else:
             state["segments"] = [{"next": s.next, "length": s.length} for s in self._segments]
             state["pending"] = [[s, j, p.disk.items] for (s, j), p in sorted(self._pending.items()) if p.disk.items]
-        tmp = self.sidecar(".gzindex.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, json.dumps(state, sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.index_path)
-        fsync_path(self.path.parent)
+        gzip_index.save(self.index_path, state)
 
     def received_beyond(self, offset: int) -> bool:
         """Whether any byte past `offset` has reached the stream (compressed or pending)."""
@@ -432,8 +395,7 @@ class GzipStreamWriter:
         self.index_path.unlink(missing_ok=True)
 
     def keep(self) -> None:
-        """A failed run whose journalled tiles stay resumable: files closed, every side file kept as the
-        last `flush` left it (nothing written now: the disk may be full)."""
+        """Files closed, every side file kept as the last `flush` left it (a failed run keeping its tiles)."""
         with self._lock:
             self._closed = True
             self._shutdown()
