@@ -33,7 +33,7 @@ from deconv3d_cli.cli import main
 from deconv3d_cli.io import gzip_stream
 from deconv3d_cli.run import local
 
-pytestmark = pytest.mark.xdist_group("commit-faults")  # in-process runs patch os: one worker, one at a time
+pytestmark = pytest.mark.xdist_group("commit-faults")  # many runs and some child processes: on one worker
 
 # (output, tile): tiles across the first axis make a .nii.gz writer staged, across the last one streamed
 CASES = [

@@ -7,7 +7,9 @@ two processes from writing the same output.
 
 An output may be a directory (a Zarr store): the partial is then a directory, removed as a tree, and
 the commit renames it onto the target; an existing target (`--overwrite`) is first renamed aside and
-removed only after the new one is in place, so the target is never half-written. Only a directory
+removed only after the new one is in place, so the target is never half-written (a kill between the
+two renames leaves no target: the next check of that output path finishes the commit, see
+`finish_interrupted_commit`). Only a directory
 that is itself a store of the output's format is ever replaced: a folder of the user's at an output's
 path is refused, `--overwrite` or not.
 
