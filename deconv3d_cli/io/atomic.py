@@ -7,7 +7,9 @@ two processes from writing the same output.
 
 An output may be a directory (a Zarr store): the partial is then a directory, removed as a tree, and
 the commit renames it onto the target; an existing target (`--overwrite`) is first renamed aside and
-removed only after the new one is in place, so the target is never half-written. Only a directory
+removed only after the new one is in place, so the target is never half-written (a kill between the
+two renames leaves no target: the next check of that output path finishes the commit, see
+`finish_interrupted_commit`). Only a directory
 that is itself a store of the output's format is ever replaced: a folder of the user's at an output's
 path is refused, `--overwrite` or not. A symlink at an output's path, whatever the format and whatever
 it points to, is replaced itself with `--overwrite`; what it points to is never written.
@@ -27,7 +29,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from ..errors import InputError, RunError
+from ..errors import InputError
 
 PARTIAL_PREFIX = ".partial-"
 REPLACED_PREFIX = ".replaced-"
@@ -70,15 +72,25 @@ def remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def replaced_path(target: Path) -> Path:
+    """Where a directory commit sets the old target aside while it renames the new one in."""
+    return target.with_name(REPLACED_PREFIX + target.name)
+
+
 def replace(src: Path, dst: Path) -> None:
-    """Move `src` onto `dst` atomically for files; for directories, rename the old one aside first."""
+    """Move `src` onto `dst` atomically for files; for directories, rename the old one aside first.
+
+    Directories cannot be swapped in one step: a kill between the two renames leaves `dst` missing,
+    the old one at `.replaced-NAME` and the complete new one at `src`; `finish_interrupted_commit`
+    completes that commit on the next run.
+    """
     if not (src.is_dir() or (dst.is_dir() and not dst.is_symlink())):
         os.replace(src, dst)
         return
     if not os.path.lexists(dst):
         os.rename(src, dst)
         return
-    aside = dst.with_name(REPLACED_PREFIX + dst.name)
+    aside = replaced_path(dst)
     remove(aside)
     os.rename(dst, aside)
     try:
@@ -99,13 +111,19 @@ def same_file(a: Path, b: Path) -> bool:
 
 
 def disk_error(exc: OSError, path: Path) -> Exception:
-    """ENOSPC, EFBIG, EIO, ... as one line naming the file and the space left (a RunError: exit 1)."""
-    try:
-        free = shutil.disk_usage(Path(path).parent).free
-        room = f"; {free / (1 << 20):.1f} MiB free there"
-    except OSError:
-        room = ""
-    return RunError(f"cannot write: {exc.strerror or exc}{room}", source=str(path))
+    """ENOSPC, EFBIG, EIO, ... as the writers' one line (io/space.py): a DiskFault, on which the run keeps
+    the tiles already journalled (before, a full disk met by the journal was a plain RunError, and the
+    run threw those tiles away)."""
+    from .space import disk_error as fault  # space imports this module
+
+    return fault(exc, path)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """os.write until every byte is out (a write to a nearly full disk may take only some)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def is_store(path: Path) -> bool:
@@ -120,6 +138,7 @@ def check_target(target: Path, *, directory: bool, overwrite: bool, resume: bool
     target = Path(target)
     if not target.parent.is_dir():
         raise InputError("output directory does not exist", source=str(target.parent))
+    finish_interrupted_commit(target)
     if os.path.lexists(target):
         if target.is_dir() and not target.is_symlink():
             if not directory:
@@ -153,6 +172,43 @@ def _what(target: Path) -> str:
     if target.is_symlink():
         return "the link (what it points to is never written)"
     return "it"
+
+
+def finish_interrupted_commit(target: Path) -> None:
+    """Complete a directory commit that a kill cut between its two renames, or after them.
+
+    `.replaced-NAME` exists only while `replace` swaps a directory in, after the partial is complete:
+    with the target missing, the partial is the finished new output and goes in (the commit the killed
+    run was making); with the target back in place (or no partial to put there), what was set aside
+    goes, after the old target is put back if nothing else can be; then the journal, as the commit
+    would have. The journal's lock decides who may do it: a live process holding it is committing now.
+    Run by every check of an output path, so a dry run sees what the run will.
+    """
+    target = Path(target)
+    aside = replaced_path(target)
+    if not os.path.lexists(aside):
+        return
+    try:
+        fd: int | None = os.open(journal_path(target), os.O_RDWR)
+    except FileNotFoundError:
+        fd = None
+    try:
+        if fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return  # that process finishes (or undoes) its own commit
+        partial = partial_path(target)
+        if not os.path.lexists(target):
+            os.rename(partial if os.path.lexists(partial) else aside, target)
+            fsync_path(target.parent)
+        remove(aside)
+        fsync_path(target.parent)
+        if not os.path.lexists(partial):
+            journal_path(target).unlink(missing_ok=True)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _remove_stale_journal(target: Path) -> None:
@@ -253,7 +309,7 @@ class OutputTarget:
         try:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
-            os.write(fd, (json.dumps(self.header, sort_keys=True) + "\n").encode())
+            _write_all(fd, (json.dumps(self.header, sort_keys=True) + "\n").encode())
             os.fsync(fd)
         except OSError as exc:
             self._remove_journal()
@@ -266,7 +322,7 @@ class OutputTarget:
         if not tiles or self._journal_fd is None:
             return
         try:
-            os.write(self._journal_fd, (" ".join(map(str, tiles)) + "\n").encode())
+            _write_all(self._journal_fd, (" ".join(map(str, tiles)) + "\n").encode())
             os.fsync(self._journal_fd)
         except OSError as exc:
             raise disk_error(exc, self.journal) from None
@@ -323,7 +379,11 @@ def _read_journal(fd: int) -> tuple[dict[str, Any] | None, set[int]]:
         if not block:
             break
         chunks.append(block)
-    lines = b"".join(chunks).split(b"\n")
+    data = b"".join(chunks)
+    whole = data.rfind(b"\n") + 1
+    if whole < len(data):  # a line cut short (a kill, a full disk): gone, so the next one starts afresh
+        os.ftruncate(fd, whole)
+    lines = data[:whole].split(b"\n")
     try:
         header = json.loads(lines[0])
     except (ValueError, IndexError):

@@ -24,12 +24,15 @@ index, pending ranges come back from the spill, and bytes that arrive again for 
 compressed are skipped (the run core recomputes tiles it had not journalled; they hold the same
 values). Side files, spill and index are named after the output (``NAME.gzseg1``, ``NAME.gzspill``,
 ``NAME.gzindex``) and removed by `close` and `abort`; nothing but the output remains.
+
+The index goes last (gzip_index says why): `close` removes it only when the caller has removed its
+own side files (`drop_index`). A failed run that keeps its tiles (a full disk) leaves every side file
+as the last `flush` made it (`keep`).
 """
 
 from __future__ import annotations
 
 import bisect
-import json
 import os
 import threading
 from collections import deque
@@ -39,13 +42,11 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError, RunError
-from . import gzip_members, space
-from .atomic import fsync_path
+from . import gzip_index, gzip_members, space
 from .gzip_pending import Pending, Ranges, punch_hole, usable_cpus
 
 MEMBER_BYTES = 4 << 20
 PENDING_BYTES = 64 << 20
-INDEX_VERSION = 1
 SUFFIXES = (".gzindex", ".gzspill", ".gzindex.tmp")
 
 
@@ -94,6 +95,7 @@ class GzipStreamWriter:
         self.extra: dict[str, Any] = {}  # the caller's own state, saved with the index (JSON)
         self._lock = threading.RLock()
         self._closed = False
+        self.finished = False  # every member compressed and appended: the output file is complete
         self._workers = max(1, int(threads or usable_cpus()))
         self._pool = ThreadPoolExecutor(max_workers=self._workers, thread_name_prefix="gzip")
         try:
@@ -129,19 +131,26 @@ class GzipStreamWriter:
             self._open_segment(seg, 0)
 
     def _reopen(self) -> None:
-        try:
-            state = json.loads(self.index_path.read_text())
-        except (OSError, ValueError):
+        state = gzip_index.load(self.index_path)
+        if state is None:
+            sides = any(seg.path.exists() for seg in self._segments[1:])  # side segments go before the index
+            length = None if sides else gzip_index.whole_length(self.path, self.total)
+            if length is not None:  # killed after the clean-up removed the index, its last step
+                self._reopen_finished(length)
+                return
             raise InputError(
                 f"the partial output has no readable index ({self.index_path.name}); run without --resume",
                 source=str(self.path),
-            ) from None
-        if state.get("version") != INDEX_VERSION or state.get("key") != self.key:
+            )
+        if state.get("version") != gzip_index.VERSION or state.get("key") != self.key:
             raise InputError(
                 "the partial output was written with another layout or compression; run without --resume",
                 source=str(self.path),
             )
         self.extra = dict(state.get("extra") or {})
+        if state.get("finished"):
+            self._reopen_finished(int(state["length"]))
+            return
         for seg, saved in zip(self._segments, state["segments"]):
             length = int(saved["length"])
             if not seg.path.exists() or seg.path.stat().st_size < length:
@@ -157,6 +166,19 @@ class GzipStreamWriter:
             self._pending[(int(s), int(j))] = p
         if self._pending:
             self._spill_fd = os.open(self.spill_path, os.O_RDWR)
+
+    def _reopen_finished(self, length: int) -> None:
+        """A run killed while cleaning up after the output was complete: nothing to compress again."""
+        first = self._segments[0]
+        if not first.path.exists() or first.path.stat().st_size < length:
+            raise InputError(
+                f"{first.path.name} is shorter than its index says; run without --resume", source=str(self.path)
+            )
+        self._open_segment(first, length)
+        first.length = length
+        for seg in self._segments:
+            seg.next = seg.members
+        self.finished = True
 
     def _spill(self) -> int:
         if self._spill_fd is None:
@@ -295,8 +317,8 @@ class GzipStreamWriter:
     def flush(self) -> None:
         """Everything written so far durable, and the index saying so."""
         with self._lock:
-            if self._closed:
-                return
+            if self._closed or self.finished:
+                return  # a finished index stays as it is
             for p in self._pending.values():
                 if p.buf is not None:
                     p.spill_out(self._spill(), self.spill_path)
@@ -314,22 +336,13 @@ class GzipStreamWriter:
                 raise space.disk_error(exc, self.path) from None
 
     def _write_index(self) -> None:
-        state = {
-            "version": INDEX_VERSION,
-            "key": self.key,
-            "segments": [{"next": s.next, "length": s.length} for s in self._segments],
-            "pending": [[s, j, p.disk.items] for (s, j), p in sorted(self._pending.items()) if p.disk.items],
-            "extra": self.extra,
-        }
-        tmp = self.sidecar(".gzindex.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, json.dumps(state, sort_keys=True).encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.index_path)
-        fsync_path(self.path.parent)
+        state: dict[str, Any] = {"version": gzip_index.VERSION, "key": self.key, "extra": self.extra}
+        if self.finished:
+            state.update(finished=True, length=self._segments[0].length)
+        else:
+            state["segments"] = [{"next": s.next, "length": s.length} for s in self._segments]
+            state["pending"] = [[s, j, p.disk.items] for (s, j), p in sorted(self._pending.items()) if p.disk.items]
+        gzip_index.save(self.index_path, state)
 
     def received_beyond(self, offset: int) -> bool:
         """Whether any byte past `offset` has reached the stream (compressed or pending)."""
@@ -341,9 +354,13 @@ class GzipStreamWriter:
     def missing(self) -> list[str]:
         return [f"segment {s.number} has {s.next} of {s.members} members" for s in self._segments if s.next < s.members]
 
-    def close(self) -> bool:
+    def close(self, keep_index: bool = False) -> bool:
         """Finish the file when every member has been compressed (side segments appended, sidecars removed):
-        True. A stream still missing bytes (a stopped run) is flushed and left resumable instead: False."""
+        True. A stream still missing bytes (a stopped run) is flushed and left resumable instead: False.
+
+        `keep_index`: the finished index stays until `drop_index`, for a caller with side files of its own
+        to remove first (see the module docstring).
+        """
         with self._lock:
             if self._closed:
                 return not self.missing()
@@ -352,17 +369,36 @@ class GzipStreamWriter:
                 if self.missing():
                     self.release()
                     return False
-                first = self._segments[0]
-                for seg in self._segments[1:]:
-                    self._concat(first, seg)
-                assert first.fd is not None
-                os.fsync(first.fd)
+                if not self.finished:
+                    self._finish_file()
             except OSError as exc:
                 raise space.disk_error(exc, self.path) from None
             self._closed = True
             self._shutdown()
-            self._remove_sidecars()
+            self._remove_sidecars(keep_index=True)
+            if not keep_index:
+                self.drop_index()
             return True
+
+    def _finish_file(self) -> None:
+        """Side segments appended, the file made durable, then the finished index saying so."""
+        first = self._segments[0]
+        for seg in self._segments[1:]:
+            self._concat(first, seg)
+        assert first.fd is not None
+        os.fsync(first.fd)
+        self.finished = True
+        self._write_index()
+
+    def drop_index(self) -> None:
+        """The last side file: after it, a kill leaves the complete output and the journal only."""
+        self.index_path.unlink(missing_ok=True)
+
+    def keep(self) -> None:
+        """Files closed, every side file kept as the last `flush` left it (a failed run keeping its tiles)."""
+        with self._lock:
+            self._closed = True
+            self._shutdown()
 
     def release(self) -> None:
         """Everything durable, files closed, sidecars kept: the state a later `resume=True` continues from."""
@@ -406,8 +442,9 @@ class GzipStreamWriter:
             os.close(self._spill_fd)
             self._spill_fd = None
 
-    def _remove_sidecars(self) -> None:
+    def _remove_sidecars(self, keep_index: bool = False) -> None:
         for seg in self._segments[1:]:
             seg.path.unlink(missing_ok=True)
-        for suffix in SUFFIXES:
-            self.sidecar(suffix).unlink(missing_ok=True)
+        for suffix in SUFFIXES[::-1]:  # the index last
+            if not (keep_index and suffix == ".gzindex"):
+                self.sidecar(suffix).unlink(missing_ok=True)

@@ -324,7 +324,9 @@ class NiftiGzWriter(_NiftiOutput):
         self._closed = False
         self._boxes: set[tuple[tuple[int, int], ...]] = set()  # staged mode: the boxes the stage holds
         try:
-            if dest.resume and self.stage_path.exists():
+            if self.stream.finished:
+                self.stage_path.unlink(missing_ok=True)  # a run killed while cleaning up: the output is done
+            elif dest.resume and self.stage_path.exists():
                 self._open_stage(fresh=False)
                 self._boxes = {tuple(map(tuple, box)) for box in self.stream.extra.get("staged_boxes", [])}
             self.stream.write([(0, self.header_bytes)])  # on resume again: skipped where already compressed
@@ -372,7 +374,7 @@ class NiftiGzWriter(_NiftiOutput):
 
     @property
     def complete(self) -> bool:
-        if self._stage is None:
+        if self._stage is None or self.stream.finished:
             return not self.stream.missing()
         # plans' boxes are disjoint: the stage is complete when their voxels add up to the file's
         return sum(math.prod(b - a for a, b in box) for box in self._boxes) == math.prod(self.file_shape)
@@ -396,8 +398,9 @@ class NiftiGzWriter(_NiftiOutput):
         if self._stage is not None:
             self._stage.flush()
             self._compress_stage()
-        self.stream.close()
+        self.stream.close(keep_index=True)
         self._drop_stage()
+        self.stream.drop_index()  # the last side file (gzip_stream's docstring says why)
         self._scratch.close()
 
     def _compress_stage(self) -> None:
@@ -408,6 +411,19 @@ class NiftiGzWriter(_NiftiOutput):
             if not chunk:
                 raise RunError(f"{self.stage_path.name} ended early", source=str(self.path))
             self.stream.write([(at, chunk)])
+
+    def keep(self) -> None:
+        """A failed run (a full disk) whose journalled tiles stay resumable: every file closed as the last
+        `flush` left it, nothing removed, nothing written."""
+        self._closed = True
+        self.stream.keep()
+        if self._stage is not None:
+            self._stage.close()
+            self._stage = None
+        if self._stage_fd is not None:
+            os.close(self._stage_fd)
+            self._stage_fd = None
+        self._scratch.close()
 
     def abort(self) -> None:
         self._closed = True

@@ -402,10 +402,11 @@ class Pipeline:
         """A full or failing disk: tiles already journalled stay resumable (said in the error); with none,
         nothing is left behind."""
         self.stop.set()
+        kept = bool(target.done) and os.path.lexists(target.partial)
         if self.writer is not None:
-            _abandon(self.writer)
+            _abandon(self.writer, keep=kept)
             self.writer = None
-        if target.done and os.path.lexists(target.partial):
+        if kept:
             target.keep()
             fault.message += f"; {len(target.done)} finished tile(s) kept: free some space and rerun with --resume"
             fault.args = (fault.line(),)
@@ -419,10 +420,12 @@ class Pipeline:
         target.abort()
 
 
-def _abandon(writer: Any) -> None:
-    """Close a writer after a failure; one that can drop its work (a staged .nii.gz) does so."""
+def _abandon(writer: Any, keep: bool = False) -> None:
+    """Close a writer after a failure; one that can drop its work (a staged .nii.gz) does so, unless the
+    journalled tiles are `keep`: then one with side files for resuming (a .nii.gz's index) keeps them."""
+    how = (getattr(writer, "keep", None) if keep else None) or getattr(writer, "abort", None) or writer.close
     try:
-        (getattr(writer, "abort", None) or writer.close)()
+        how()
     except Exception:  # noqa: BLE001 - the first error is the one to report
         pass
 
