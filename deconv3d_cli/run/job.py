@@ -384,8 +384,9 @@ def _layer_axes(
             f"{expected}; check data_format in the spec",
             source=str(source),
         )
+    axes = spec.axes(layout.spatial_shape(shape))  # its own refusals name the spec's fields (padding)
     try:
-        return boundary.extend_axes(spec.axes(layout.spatial_shape(shape)), options.compute.boundary)
+        return boundary.extend_axes(axes, options.compute.boundary)
     except ValueError as exc:
         raise InputError(str(exc), param="boundary") from None
 
