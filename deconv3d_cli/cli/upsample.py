@@ -15,7 +15,7 @@ from .report import file_printer, lines
 # engine.formulations.PATHS and engine.SEPARABLE, spelled out so that --help never imports torch
 ENGINE_PATHS = ["auto", "transpose", "transpose_cl", "transpose_dnn", "transpose_dnn_cl", "phase", "phase_cl",
                 "phase_dnn", "phase_dnn_cl", "separable"]  # fmt: skip
-BATCH_ONLY = ("from_list", "skip_existing", "fail_fast", "shard", "output_format")
+BATCH_ONLY = ("from_list", "skip_existing", "fail_fast", "shard", "output_format", "continue_run")
 # layer.interpolators.INTERPOLATORS, spelled out so that --help imports nothing (a test keeps them in step)
 INTERPOLATORS = ["nearest", "linear", "cubic", "bspline", "lanczos"]
 GRID_FLAGS = ("voxel_size", "shape", "like", "interp")
@@ -34,6 +34,8 @@ OPTIONS = [
                  help="Output format with -O: npy, h5, nii, nii.gz or zarr (default: the input's)."),
     click.option("--skip-existing", is_flag=True, help="With -O: leave finished outputs alone."),
     click.option("--fail-fast", is_flag=True, help="With -O: stop at the first failed file."),
+    click.option("--continue-run", metavar="ID", help="With -O --overwrite: finish the stopped batch ID (its "
+                 "continue line gives it): skip the outputs it rewrote."),
     click.option("--shard", callback=params.shard, help="With -O: process only part I of N of the inputs (I/N)."),
     click.option("-q", "--quiet", is_flag=True, help="Print errors only."),
     click.option("-v", "--verbose", is_flag=True, help="Print the plan of each file."),
@@ -171,6 +173,8 @@ def _check_usage(p: dict[str, Any]) -> None:
             raise click.UsageError(f"-o takes exactly one INPUT, got {len(inputs)}; use -O OUTDIR for several")
     elif not inputs and p["from_list"] is None:
         raise click.UsageError("give INPUT files, quoted globs, or --from-list FILE")
+    if p["continue_run"] is not None and not p["overwrite"]:
+        raise click.UsageError("--continue-run finishes a stopped --overwrite batch: give it with --overwrite")
     if p["input_shape"] is not None and (output is None or not p["dry_run"]):
         raise click.UsageError("--input-shape describes a virtual input for planning: use it with -o and --dry-run")
     if p["preview_png"] is not None and (output_dir is not None or p["dry_run"]):
@@ -247,7 +251,7 @@ def _request(p: dict[str, Any]) -> Any:
     batch = None
     if p["output_dir"] is not None:
         batch = Batch(p["output_dir"], p["name_template"], p["output_format"], p["shard"], p["skip_existing"],
-                      p["fail_fast"])  # fmt: skip
+                      p["fail_fast"], p["continue_run"])  # fmt: skip
     listed = tuple(p["from_list"]) if p["from_list"] is not None else ()
     return Request(
         layer=layer_of(p["spec_path"], p["preset"], p["scale"], {k: p[k] for k in (*GRID_FLAGS, "boundary")}),
