@@ -32,6 +32,7 @@ from ..layer.resample import ResampleSpec
 from ..layer.spec import LayerSpec
 from .options import Options
 from .planning import plan_job
+from .resources import check_threads
 
 # What to compute: a Conv3DTranspose layer, a preset (a factory of the input's channel count), or a
 # resampling to another grid (each channel alone).
@@ -240,6 +241,7 @@ def prepare(layer: LayerSource, input_path: Path, output_path: Path, options: Op
     meant for another machine's disk, so the free space here is not checked).
     """
     started = time.perf_counter()
+    check_threads(options.compute.threads)
     input_path, output_path = Path(input_path), Path(output_path)
     in_facts, out_facts = check_paths(input_path, output_path, options)
     if reader is None:
