@@ -338,7 +338,7 @@ class Pipeline:
             while not self.writing_done.wait(min(every, 60.0)):
                 if self.stop.is_set():
                     return
-                if time.monotonic() - last >= every:
+                if every <= 60.0 or time.monotonic() - last >= every:
                     self._checkpoint()
                     last = time.monotonic()
         except BaseException as exc:  # noqa: BLE001
