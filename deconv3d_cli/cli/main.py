@@ -65,6 +65,27 @@ def _exit(code: int) -> None:
     os._exit(code)
 
 
+def _quiet_exit_on_signal(code: int) -> None:
+    """From here the process only exits: a signal now (a second SIGTERM after a stop) ends it at once
+    with `code`, saying nothing more. Raised into an atexit callback, the stop printed "Exception
+    ignored in atexit callback ... Interrupted: SIGTERM" after the command's one line."""
+    import os
+    import signal
+    import threading
+
+    def handler(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, handler)
+
+
 def error_line(exc: Deconv3dError) -> str:
     return exc.line(flag_of)
 
@@ -96,6 +117,7 @@ class Deconv3dGroup(click.Group):
         if not standalone_mode:
             return code
         if args is None:  # the program itself (console script, python -m): its process ends here
+            _quiet_exit_on_signal(code)
             _exit(code)
         sys.exit(code)  # called with arguments (Click's test runner, a caller's script): never os._exit
 
