@@ -128,3 +128,39 @@ def test_continue_run_is_refused_without_overwrite_or_a_record(job):
     assert res.returncode == 2 and "no record of run 0123abcd" in res.stderr and "Traceback" not in res.stderr
     res = subprocess.run([*base, "../../x", "--overwrite"], capture_output=True, text=True, env=ENV, timeout=300)
     assert res.returncode == 2 and "not a run id" in res.stderr, res.stderr
+
+
+DASK_HOOK = """
+import os, signal, sys
+from deconv3d_cli.cli import main
+from deconv3d_cli.run.dask import runner
+if __name__ == "__main__":
+    real = runner._Many.finish
+    def finish(self, pair, out):
+        real(self, pair, out)
+        if pair.output.name == "a_x2.npy":
+            os.kill(os.getpid(), signal.SIGTERM)  # a is rewritten; b, c, d are not
+    runner._Many.finish = finish
+    sys.argv = ["deconv3d", *sys.argv[1:]]
+    main()
+"""
+
+
+def test_a_stopped_overwrite_batch_on_dask_continues_to_exactly_a_clean_run(job):
+    pytest.importorskip("distributed")
+    root, common = job
+    out = root / "out"
+    older_outputs(out)
+    (root / "hook.py").write_text(DASK_HOOK)
+    args = ["upsample", f"{root}/in/*.npy", "-O", out, *common, "--overwrite", "--scheduler", "local:1"]
+    res = subprocess.run([sys.executable, root / "hook.py", *map(str, args)], capture_output=True, text=True, env=ENV,
+                         timeout=300)  # fmt: skip
+    again = continued(res)
+    assert again.returncode == 0, again.stderr
+    assert "4 file(s): 3 done, 1 skipped" in again.stderr
+    clean = subprocess.run([*CLI, "upsample", f"{root}/in/*.npy", "-O", root / "clean", *common], env=ENV,
+                           capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert clean.returncode == 0, clean.stderr
+    for name in ("a_x2.npy", "b_x2.npy", "c_x2.npy", "d_x2.npy"):
+        assert (out / name).read_bytes() == (root / "clean" / name).read_bytes(), name
+    assert ours(out) == []
