@@ -292,3 +292,13 @@ def test_real_models_still_import(tmp_path):
     for name in ("k3_channels_first.keras", "k2_model.keras"):
         res = CliRunner().invoke(main, ["spec", "import", str(FIX / name), "--list"])
         assert res.exit_code == 0, res.output
+
+
+def test_explicit_padding_that_crops_everything_names_the_padding_field(tmp_path):
+    np.savez(tmp_path / "w.npz", kernel=np.ones((2, 2, 2, 1, 1), np.float32))
+    spec = spec_with(tmp_path, "w.npz", padding="[1000000, 0, 0]")
+    np.save(tmp_path / "x.npy", np.ones((8, 8, 8), np.float32))
+    line = refused(["upsample", tmp_path / "x.npy", "-o", tmp_path / "y.npy", "--spec", spec, "--no-progress"],
+                   "spec.yaml", "field 'padding'", "use at most 7")  # fmt: skip
+    assert "--boundary" not in line
+    only(tmp_path, "spec.yaml", "w.npz", "x.npy")

@@ -83,6 +83,27 @@ def _pause_at_start() -> None:
         time.sleep(0.01)  # a signal's handler raises Interrupted out of this wait
 
 
+def _quiet_exit_on_signal(code: int) -> None:
+    """From here the process only exits: a signal now (a second SIGTERM after a stop) ends it at once
+    with `code`, saying nothing more. Raised into an atexit callback, the stop printed "Exception
+    ignored in atexit callback ... Interrupted: SIGTERM" after the command's one line."""
+    import os
+    import signal
+    import threading
+
+    def handler(signum: int, frame: Any) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
+
+    if threading.current_thread() is threading.main_thread():
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, handler)
+
+
 def error_line(exc: Deconv3dError) -> str:
     return exc.line(flag_of)
 
@@ -124,6 +145,7 @@ class Deconv3dGroup(click.Group):
         if not standalone_mode:
             return code
         if args is None:  # the program itself (console script, python -m): its process ends here
+            _quiet_exit_on_signal(code)
             _exit(code)
         sys.exit(code)  # called with arguments (Click's test runner, a caller's script): never os._exit
 
@@ -183,11 +205,9 @@ def emit_json(document: dict[str, Any], exit_code: int) -> None:
 
 def _stopped(exc: Any, as_json: bool) -> int:
     """A signal stopped the run: say what is kept and the exact command that continues it."""
-    argv = [a for a in _ARGV if a not in ("--resume", "--overwrite", "--force")]
-    again = shlex.join(["deconv3d", *argv, "--resume"])
+    again = shlex.join(["deconv3d", *continue_args(exc, _ARGV)])
     report = getattr(exc, "report", None)
     if report is not None:
-        again = shlex.join(["deconv3d", *[a for a in argv if a != "--skip-existing"], "--skip-existing", "--resume"])
         kept = f"stopped by {exc}: {report.count('done')} file(s) done"
     elif exc.target is not None:
         kept = f"stopped by {exc}: {exc.kept} of {exc.total} tiles of {exc.target} kept"
@@ -201,6 +221,26 @@ def _stopped(exc: Any, as_json: bool) -> int:
         doc = report.as_json() if report is not None else {"status": "stopped", "tiles_kept": exc.kept}
         emit_json({**doc, "error": kept}, exc.exit_code)
     return exc.exit_code
+
+
+def continue_args(exc: Any, argv: list[str]) -> list[str]:
+    """The arguments that finish exactly the job `exc` stopped: the same with `--resume`, and for a batch
+    `--skip-existing` (its finished outputs exist), or, for an `--overwrite` batch, whose older outputs
+    exist too, `--continue-run ID`: the record of the outputs it rewrote (run/continuation.py)."""
+    rest: list[str] = []
+    for k, arg in enumerate(argv):
+        if arg == "--resume" or arg.startswith("--continue-run=") or arg == "--continue-run":
+            continue
+        if k and argv[k - 1] == "--continue-run":
+            continue
+        rest.append(arg)
+    batch = getattr(exc, "batch", getattr(exc, "report", None) is not None or "-O" in argv or "--output-dir" in argv)
+    overwrite = getattr(exc, "overwrite", any(a in argv for a in ("--overwrite", "--force", "-f")))
+    if batch and not overwrite:
+        rest = [a for a in rest if a != "--skip-existing"] + ["--skip-existing"]
+    if getattr(exc, "continue_run", None):
+        rest += ["--continue-run", exc.continue_run]
+    return [*rest, "--resume"]
 
 
 @click.group(cls=Deconv3dGroup, context_settings=CONTEXT)

@@ -14,7 +14,7 @@ from .main import CONTEXT, emit_json, error_line, main
 from .report import file_printer, lines
 from .upsample_options import LAYER_BOUNDARY, upsample_options
 
-BATCH_ONLY = ("from_list", "skip_existing", "fail_fast", "shard", "output_format")
+BATCH_ONLY = ("from_list", "skip_existing", "fail_fast", "shard", "output_format", "continue_run")
 GRID_FLAGS = ("voxel_size", "shape", "like", "interp")
 
 
@@ -89,6 +89,8 @@ def _check_usage(p: dict[str, Any]) -> None:
             raise click.UsageError(f"-o takes exactly one INPUT, got {len(inputs)}; use -O OUTDIR for several")
     elif not inputs and p["from_list"] is None:
         raise click.UsageError("give INPUT files, quoted globs, or --from-list FILE")
+    if p["continue_run"] is not None and not p["overwrite"]:
+        raise click.UsageError("--continue-run finishes a stopped --overwrite batch: give it with --overwrite")
     if p["input_shape"] is not None and (output is None or not p["dry_run"]):
         raise click.UsageError("--input-shape describes a virtual input for planning: use it with -o and --dry-run")
     if p["preview_png"] is not None and (output_dir is not None or p["dry_run"]):
@@ -167,7 +169,7 @@ def _request(p: dict[str, Any]) -> Any:
     batch = None
     if p["output_dir"] is not None:
         batch = Batch(p["output_dir"], p["name_template"], p["output_format"], p["shard"], p["skip_existing"],
-                      p["fail_fast"])  # fmt: skip
+                      p["fail_fast"], p["continue_run"])  # fmt: skip
     listed = tuple(p["from_list"]) if p["from_list"] is not None else ()
     return Request(
         layer=layer_of(p["spec_path"], p["preset"], p["scale"], {k: p[k] for k in (*GRID_FLAGS, "boundary")}),

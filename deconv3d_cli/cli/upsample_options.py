@@ -110,6 +110,8 @@ RUN_CONTROL = cloup.option_group(
     cloup.option("--resume", is_flag=True, help="Continue the partial output of a stopped or killed run."),
     cloup.option("--skip-existing", is_flag=True, help="With -O: leave finished outputs alone."),
     cloup.option("--fail-fast", is_flag=True, help="With -O: stop at the first failed file."),
+    cloup.option("--continue-run", metavar="ID", help="With -O --overwrite: finish the stopped batch ID (its "
+                 "continue line gives it): skip the outputs it rewrote."),  # fmt: skip
     cloup.option("--shard", callback=params.shard, help="With -O: process only part I of N of the inputs (I/N)."),
     cloup.option("--dry-run", is_flag=True, help="Print the plan and write nothing (refuses what the run would)."),
     cloup.option("--input-shape",

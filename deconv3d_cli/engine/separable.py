@@ -55,6 +55,8 @@ def factor(kernel: np.ndarray, strides: Sequence[int]) -> tuple[np.ndarray, np.n
         if total != 0:
             taps *= stride / total
             a = a * (total / stride)
+    if max(np.abs(f).max() for f in (a, b, c)) > np.finfo(np.float32).max:
+        return None  # a tap past float32's range (a kernel near 3e38): the convolution computes it as Keras does
     return a, b, c
 
 

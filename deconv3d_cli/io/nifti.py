@@ -43,6 +43,7 @@ one long run of the file per component, written directly or compressed as it arr
 from __future__ import annotations
 
 import math
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -159,9 +160,17 @@ class NiftiReader:
         """The box as a view with file axes, and what keeps its memory alive."""
         franges = self._map.file_ranges(index)
         if self._source is None:
-            mm = np.memmap(
-                self.path, dtype=self.stored_dtype, mode="r", offset=self.offset, shape=self._file_shape, order="F"
-            )
+            # A file cut short since it was opened (another process rewriting it): one line, as for .npy,
+            # not numpy's "mmap length is greater than file size" (nor a SIGBUS from a map past its end).
+            truncated = InputError("the file was truncated while it was being read", source=str(self.path))
+            if os.stat(self.path).st_size < self.offset + self.nbytes:
+                raise truncated
+            try:
+                mm = np.memmap(
+                    self.path, dtype=self.stored_dtype, mode="r", offset=self.offset, shape=self._file_shape, order="F"
+                )
+            except ValueError:
+                raise truncated from None
             return mm[tuple(slice(a, b) for a, b in franges)], mm
         a, b = self._order.span(franges)
         box = math.prod(b - a for a, b in franges) * self.stored_dtype.itemsize

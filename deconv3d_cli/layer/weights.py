@@ -62,6 +62,13 @@ def _read_member(
             raise SpecError(
                 f"archive member {name} holds pickled objects; only plain numeric arrays are read", source=src
             )
+        if dtype.kind not in "biuf":
+            raise SpecError(
+                f"archive member {name} holds {dtype}; weights are real numbers (float32, float64, float16 or an "
+                "integer type)",
+                source=src,
+                field=name[:-4],
+            )
         check(tuple(int(n) for n in shape))
         nbytes = math.prod(shape) * dtype.itemsize
         if info.file_size != fh.tell() + nbytes:
@@ -80,7 +87,8 @@ def _read_member(
             got += n
         if fh.read(1):  # also where zipfile checks the CRC
             raise SpecError(f"archive member {name} is longer than its header says", source=src)
-    return out.T if fortran else out
+    out = out.T if fortran else out
+    return out.astype(out.dtype.newbyteorder("="), copy=False)  # big-endian files are valid: native from here
 
 
 def _members(archive: zipfile.ZipFile, src: str) -> dict[str, zipfile.ZipInfo]:

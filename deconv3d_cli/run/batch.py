@@ -4,7 +4,8 @@ One process for a whole list pays for `import torch` and the engine set-up once,
 `.nii.gz`, decompresses) the next file while the current one computes. Every file ends in the report
 as done, skipped, failed, stopped or not run; the report decides the exit code, as black's `Report`
 does. A stop (SIGTERM, Ctrl-C) ends the batch after the current file's finished tiles are kept: the
-same command with `--skip-existing --resume` continues it.
+same command with `--skip-existing --resume` continues it (an `--overwrite` batch: `--continue-run ID
+--resume`, run/continuation.py).
 """
 
 from __future__ import annotations
@@ -157,10 +158,11 @@ def run_batch(
     ahead = _Ahead(prepare)
     ahead.start(todo[0] if todo else None)
     for k, pair in enumerate(todo):
-        prep, error = ahead.take()
-        ahead.start(todo[k + 1] if k + 1 < len(todo) else None)
         result = FileResult(str(pair.input), str(pair.output), "failed")
-        try:
+        prep = None
+        try:  # a signal between two files lands here too: the report still says what each file became
+            prep, error = ahead.take()
+            ahead.start(todo[k + 1] if k + 1 < len(todo) else None)
             if error is not None:
                 raise error
             result.details, result.status = (describe(prep), "planned") if dry_run else (execute(prep), "done")

@@ -13,10 +13,11 @@ from typing import Any
 
 from ..errors import Deconv3dError, InputError
 from ..layer.spec import LayerSpec
-from . import inputs
+from . import continuation, inputs
 from .batch import FileResult, Report, run_batch
 from .job import LayerSource, prepare
 from .options import Options
+from .stop import Interrupted
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,7 @@ class Batch:
     shard: tuple[int, int] | None = None  # (I, N): part I of N
     skip_existing: bool = False
     fail_fast: bool = False
+    continue_run: str | None = None  # the id of a stopped --overwrite batch this one finishes
 
 
 @dataclass(frozen=True)
@@ -54,8 +56,17 @@ def upsample(
 
     `on_start(plan)`: called with one output's plan as soon as it is made, before anything is computed.
     """
-    if request.batch is not None:
-        return _many(request, on_file, error_line, debug)
+    try:
+        if request.batch is not None:
+            return _many(request, on_file, error_line, debug)
+        return _one(request, on_start)
+    except Interrupted as stopped:
+        stopped.overwrite = request.options.write.overwrite  # type: ignore[attr-defined]
+        stopped.batch = request.batch is not None  # type: ignore[attr-defined]
+        raise
+
+
+def _one(request: Request, on_start: Callable[[dict[str, Any]], None] | None) -> dict[str, Any]:
     assert request.output is not None
     source, output, opts = Path(request.inputs[0]), request.output, request.options
     if request.input_shape is not None or (opts.cluster.scheduler and request.dry_run):
@@ -98,7 +109,7 @@ def _many(
     debug: bool,
 ) -> Report:
     """Every input through one process and one engine per channel count (or through the cluster)."""
-    batch, opts = request.batch, request.options
+    batch = request.batch
     assert batch is not None
     dropped: list[tuple[Path, str]] = []
     pairs = batch_pairs(request, dropped)
@@ -108,6 +119,35 @@ def _many(
             on_file(result)
     if not request.dry_run:
         batch.output_dir.mkdir(parents=True, exist_ok=True)
+    rewritten = continuation.read_record(batch.output_dir, batch.continue_run) if batch.continue_run else set()
+    done_before = [FileResult(str(p.input), str(p.output), "skipped", "rewritten by the stopped run")
+                   for p in pairs if str(p.output) in rewritten]  # fmt: skip
+    for result in done_before:
+        if on_file is not None:
+            on_file(result)
+    try:
+        report = _run(request, [p for p in pairs if str(p.output) not in rewritten], on_file, error_line, debug)
+    except Interrupted as stopped:
+        _record_stop(stopped, request, rewritten)
+        raise
+    report.files += done_before
+    order = {str(p.output): k for k, p in enumerate(pairs)}
+    report.files.sort(key=lambda f: order.get(f.output or "", -1))
+    report.files[:0] = left_out
+    if batch.continue_run and not request.dry_run:
+        _settle_record(report, batch.output_dir, batch.continue_run, rewritten)
+    return report
+
+
+def _run(
+    request: Request,
+    todo: list[Any],
+    on_file: Callable[[FileResult], None] | None,
+    error_line: Callable[[Deconv3dError], str] | None,
+    debug: bool,
+) -> Report:
+    batch, opts = request.batch, request.options
+    assert batch is not None
     engines: dict[tuple, Any] = {}
     runner = run_batch
     if opts.cluster.scheduler:
@@ -117,8 +157,8 @@ def _many(
     from .engines import engine_for
     from .local import execute
 
-    report = runner(
-        pairs,
+    return runner(
+        todo,
         lambda pair: prepare(request.layer, pair.input, pair.output, opts),
         lambda job: execute(job, engine_for(job, engines)),
         lambda job: {**job.describe(), "status": "planned"},
@@ -130,8 +170,34 @@ def _many(
         debug=debug,
         error_line=error_line,
     )
-    report.files[:0] = left_out
-    return report
+
+
+def _record_stop(stopped: Interrupted, request: Request, rewritten: set[str]) -> None:
+    """A stopped --overwrite batch: record what it rewrote, for its continue line (`--continue-run ID`)."""
+    batch = request.batch
+    assert batch is not None
+    report = getattr(stopped, "report", None)
+    done = set(rewritten) | {f.output for f in (report.files if report else ()) if f.status == "done" and f.output}
+    if not request.options.write.overwrite or request.dry_run or not done:
+        return
+    run_id = batch.continue_run or continuation.new_run_id()
+    try:
+        continuation.write_record(batch.output_dir, run_id, done)
+    except OSError:  # no record: the continue line overwrites every output again (the same bytes)
+        return
+    stopped.continue_run = run_id  # type: ignore[attr-defined]
+
+
+def _settle_record(report: Report, output_dir: Path, run_id: str, rewritten: set[str]) -> None:
+    """A continuation that ran to its end: the record goes once every file is done, else it grows."""
+    if report.exit_code == 0:
+        continuation.remove_record(output_dir, run_id)
+        return
+    done = rewritten | {f.output for f in report.files if f.status == "done" and f.output}
+    try:
+        continuation.write_record(output_dir, run_id, done)
+    except OSError:
+        pass
 
 
 def _scale_of(layer: LayerSource) -> Sequence[int] | None:

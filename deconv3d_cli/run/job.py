@@ -32,6 +32,7 @@ from ..layer.resample import ResampleSpec
 from ..layer.spec import LayerSpec
 from .options import Options
 from .planning import plan_job
+from .resources import check_threads
 
 # What to compute: a Conv3DTranspose layer, a preset (a factory of the input's channel count), or a
 # resampling to another grid (each channel alone).
@@ -250,6 +251,7 @@ def prepare(layer: LayerSource, input_path: Path, output_path: Path, options: Op
     meant for another machine's disk, so the free space here is not checked).
     """
     started = time.perf_counter()
+    check_threads(options.compute.threads)
     input_path, output_path = Path(input_path), Path(output_path)
     in_facts, out_facts = check_paths(input_path, output_path, options)
     if reader is None:
@@ -394,8 +396,9 @@ def _layer_axes(
             f"{expected}; check data_format in the spec",
             source=str(source),
         )
+    axes = spec.axes(layout.spatial_shape(shape))  # its own refusals name the spec's fields (padding)
     try:
-        return boundary.extend_axes(spec.axes(layout.spatial_shape(shape)), options.compute.boundary)
+        return boundary.extend_axes(axes, options.compute.boundary)
     except ValueError as exc:
         raise InputError(str(exc), param="boundary") from None
 

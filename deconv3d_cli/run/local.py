@@ -358,11 +358,14 @@ class Pipeline:
     def _sync_stage(self) -> None:
         # Off the writer's path: fsync waits for the disk while the next tiles are written.
         every = max(self.job.options.write.checkpoint_every, 0.001)
-        try:
-            while not self.writing_done.wait(every):
+        last = time.monotonic()
+        try:  # waits of at most a minute: a wait of `inf` or 1e308 s overflows the platform's time_t
+            while not self.writing_done.wait(min(every, 60.0)):
                 if self.stop.is_set():
                     return
-                self._checkpoint()
+                if every <= 60.0 or time.monotonic() - last >= every:
+                    self._checkpoint()
+                    last = time.monotonic()
         except BaseException as exc:  # noqa: BLE001
             self.errors.append(exc)
             self.stop.set()

@@ -10,6 +10,8 @@ import math
 import os
 from pathlib import Path
 
+from ..errors import InputError
+
 
 def cgroup_cpu_quota(proc: Path = Path("/proc"), sys_fs: Path = Path("/sys/fs/cgroup")) -> float | None:
     """CPUs allowed by the process's cgroup (v2 `cpu.max`, v1 `cpu.cfs_quota_us`/`cfs_period_us`), or None."""
@@ -46,6 +48,17 @@ def usable_cpus() -> int:
     if quota is not None:
         count = min(count, max(1, math.ceil(quota)))
     return max(1, count)
+
+
+def check_threads(threads: int | None) -> None:
+    """Refuse a `--threads` no system starts (100000 failed with "can't start new thread" mid-run):
+    at most 8 per usable CPU, and at least 256 are always allowed."""
+    most = max(256, 8 * usable_cpus())
+    if threads is not None and threads > most:
+        raise InputError(
+            f"{threads} threads for {usable_cpus()} CPU(s): give at most {most} (more only queue for the same CPUs)",
+            param="threads",
+        )
 
 
 def _read(path: Path) -> str | None:

@@ -16,6 +16,7 @@ from typing import Any
 from ...errors import InputError, RunError, warn_once
 from ...io.zarr import require_extra
 from ..resources import usable_cpus
+from ..stop import STOP
 from .scratch import make_scratch
 
 CONNECT_TIMEOUT_S = 30
@@ -109,8 +110,11 @@ def _local_cluster(distributed: Any, workers: int) -> Iterator[Any]:
     import dask
 
     scratch = make_scratch()  # named for this process: a later run removes it if this one is killed
+    cluster = None
     try:
-        with dask.config.set({"temporary-directory": str(scratch)}):
+        # A stop while the workers start (or stop) is acted on once the cluster can be closed: raised in
+        # the middle, it left worker processes to find their folders gone ("distributed.diskutils - ERROR").
+        with STOP.listening(), dask.config.set({"temporary-directory": str(scratch)}):
             cluster = distributed.LocalCluster(
                 n_workers=workers,
                 threads_per_worker=1,
@@ -119,12 +123,13 @@ def _local_cluster(distributed: Any, workers: int) -> Iterator[Any]:
                 silence_logs=logging.ERROR,
                 local_directory=str(scratch),
             )
-        try:
-            with distributed.Client(cluster) as client:
-                yield client
-        finally:
-            cluster.close()
+        STOP.check()
+        with distributed.Client(cluster) as client:
+            yield client
     finally:
+        if cluster is not None:
+            with STOP.listening():
+                cluster.close()
         shutil.rmtree(scratch, ignore_errors=True)
 
 

@@ -31,6 +31,7 @@ from ...errors import Deconv3dError, RunError
 from ..batch import FAILURES, FilePair, FileResult, Report, error_text, exit_code, skipped
 from ..job import Job, LayerSource, prepare
 from ..options import Options
+from ..stop import Interrupted
 from . import tasks
 from .cluster import connect, local_torch_threads, local_workers, parse_scheduler, total_threads
 from .output import TileOutput, can_split, chunk_misalignment, refuse
@@ -248,6 +249,10 @@ def run_many(
             noted = {r.input for r in report.files}
             rest = [p for _, p, _ in many.in_flight.values()] + [p for p, _ in many.outputs] + list(queue)
             report.not_run([p for p in dict.fromkeys(rest) if str(p.input) not in noted], "skipped by --fail-fast")
+    except Interrupted as stopped:
+        many.stop_all()  # outputs in progress are discarded: a continuation computes them again
+        stopped.report = report  # type: ignore[attr-defined]  # what each file became, for the continue line
+        raise
     except BaseException:
         many.stop_all()
         raise
