@@ -4,9 +4,9 @@ A run's peak is the fixed footprint (the interpreter, torch and the libraries: t
 the tiles the plan sizes from `--memory-limit`, and the writer's own buffers. The writers' buffers were
 not counted before, and `.nii.gz` and `.h5` outputs went over the budget by them (a file-ordered copy
 of each tile, gzip members pending and in compression, HDF5 chunks being deflated, and per-chunk
-bookkeeping that grows with the output's chunk count: an `.h5` output in 1^3 chunks peaked at 1.24 GiB
-under a 16 MiB budget). `writer_memory` states them per format so the plan counts them in its
-estimate, and the per-chunk part lets a job refuse a chunking whose bookkeeping alone cannot fit.
+bookkeeping per chunk). `writer_memory` states them per format so the plan counts them in its
+estimate; HDF5's bookkeeping grows with the output's chunk count, and lets a job refuse a chunking
+whose bookkeeping alone cannot fit.
 
 Every figure is an upper bound of the buffers the writer's code allocates (see each constant's module);
 the per-chunk figures were measured (whole process peaks, see below) and rounded up.
@@ -27,11 +27,12 @@ from .gzip_pending import usable_cpus
 
 # HDF5's raw-data chunk cache (h5py's default rdcc_nbytes), used by writes that are not whole chunks.
 HDF5_CHUNK_CACHE = 1 << 20
-# Bookkeeping per chunk of the output, over a whole run. .h5: HDF5's chunk index and metadata cache,
-# measured 7.4 bytes a chunk (whole process, 64^3 -> 128^3 float32 in 1^3 chunks, 2^21 chunks, peaked
-# 13 MiB above the same in 2^18 chunks); counted as 16. .zarr: the chunks written since the last
-# flush, their file names at the flush, one tile's chunk boxes: measured about 340 bytes a chunk
-# (32^3 output in 1^3 chunks, 27 MiB above the tiny run under a 16 MiB budget); counted as 512.
+# Bookkeeping per chunk. .h5: HDF5's chunk index and metadata cache grow with every chunk written, over
+# the whole output: measured 7.4 bytes a chunk (whole process, 64^3 -> 128^3 float32 in 1^3 chunks,
+# 2^21 chunks, peaked 13 MiB above the same in 2^18 chunks); counted as 16. .zarr: a tile's chunk boxes
+# and the chunks written since the last flush (every --checkpoint-every seconds), so per chunk of a
+# tile, not of the output: measured about 340 bytes a chunk (32^3 output in 1^3 chunks, 27 MiB above
+# the tiny run under a 16 MiB budget); counted as 512, as copies of the tile when chunks are smaller.
 HDF5_BYTES_PER_CHUNK = 16
 ZARR_BYTES_PER_CHUNK = 512
 # Copies of a chunk zarr makes while it encodes one (the box, the filled chunk, the encoded bytes).
@@ -82,9 +83,9 @@ def writer_memory(
             book = count * HDF5_BYTES_PER_CHUNK
             return WriterMemory(per_tile=hdf5_chunks.COPIES_PER_CHUNK, cap=cap, fixed=book, bookkeeping=book,
                                 chunks=count)  # fmt: skip
-        book = count * ZARR_BYTES_PER_CHUNK
-        return WriterMemory(per_tile=ZARR_COPIES_PER_CHUNK, cap=ZARR_COPIES_PER_CHUNK * chunk_bytes, fixed=book,
-                            bookkeeping=book, chunks=count)  # fmt: skip
+        per_tile = -(-ZARR_BYTES_PER_CHUNK // chunk_bytes) if chunk_bytes < ZARR_BYTES_PER_CHUNK else 0
+        return WriterMemory(tiles=per_tile, per_tile=ZARR_COPIES_PER_CHUNK, cap=ZARR_COPIES_PER_CHUNK * chunk_bytes,
+                            chunks=count)  # fmt: skip
     if facts == NIFTI_GZ:
         # The file-ordered copy of a tile (nifti_write's scratch); one member pending and its compressed
         # bytes whatever the tile (a member is the unit: a partial one is held whole); members pending
