@@ -45,6 +45,7 @@ bench: install
 	$(BIN)/python benchmarks/resample_bench.py --interp linear bspline $(BENCH_ARGS)
 	$(BIN)/python benchmarks/stream_bench.py
 	$(BIN)/python benchmarks/batch_bench.py
+	$(BIN)/python benchmarks/memory_bench.py
 
 # ruff over everything; mypy over run/, io/, geometry/ and engine/ (pyproject's [tool.mypy]).
 lint: install

@@ -113,9 +113,10 @@ DEFAULT_MEMORY_LIMIT = 512 * MIB
 # x 3 mm, bspline 2.19 against 2.84 (0.47 GiB against 0.33; SimpleITK 0.35, 8.3 s). Not for layers (the
 # 8-filter layer above), whose tiles cost more halo per voxel.
 SEPARABLE_TILE_LIMIT = 128 * MIB
-# The tile budget is this fraction of a hard limit. The budget covers the tiles only; the same process
-# also holds Python, torch and the package (about 300 MiB resident), the readers' and writers' buffers,
-# and the page cache of the files it streams, which a cgroup charges to the job as well. A quarter
+# The tile budget is this fraction of a hard limit. The budget covers the tiles and the output
+# writer's buffers (io/buffers.py); the same process also holds Python, torch and the package (the
+# fixed footprint, about 230-250 MiB resident), the readers' buffers, and the page cache of the files
+# it streams, which a cgroup charges to the job as well. A quarter
 # leaves three quarters for all of that, so a 2 GiB job gets 512 MiB of tiles and still fits.
 LIMIT_SHARE = Fraction(1, 4)
 # cgroup v1 writes "no limit" as the largest page-aligned counter (9223372036854771712 on x86-64).

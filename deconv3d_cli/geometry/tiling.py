@@ -94,6 +94,18 @@ class Costs:
     # True when the engine's path unfolds the input into F * kd*kh*kw columns per input voxel (torch's
     # generic transposed convolution: fp64, or no oneDNN); oneDNN's path needs no such buffer.
     unfold: bool = False
+    # The output writer's own buffers (io/buffers.py states them per format): `writer_tiles` whole
+    # copies of a tile as stored (a file-ordered copy), `writer_per_tile` more copies capped at
+    # `writer_cap` bytes (buffers that hold at most the tile's bytes and at most a bounded window),
+    # and `writer_fixed` bytes whatever the tile (buffers of a fixed unit; chunk bookkeeping).
+    writer_tiles: int = 0
+    writer_per_tile: int = 0
+    writer_cap: int = 0
+    writer_fixed: int = 0
+
+    def writer(self, written: int) -> int:
+        """Bytes the writer holds while it writes tiles of `written` bytes."""
+        return self.writer_tiles * written + min(self.writer_cap, self.writer_per_tile * written) + self.writer_fixed
 
 
 @dataclass(frozen=True)
@@ -156,7 +168,8 @@ class Plan:
         the engine, and the mapped file pages of the read), the converted slab, the slab's uncropped
         output (twice while oneDNN reorders it) and the cropped tile, the column workspace
         when the engine unfolds, and output tiles in the stored dtype (WRITE_BEHIND queued, one being
-        produced, one being written plus its mapped file pages).
+        produced, one being written plus its mapped file pages), and the writer's own buffers
+        (`Costs.writer`).
         """
         shape = tuple(tile_shape or self.tile_shape)
         b = batch_step or self.batch_step
@@ -175,7 +188,7 @@ class Plan:
         reading = (READ_AHEAD + 3) * raw
         writing = (WRITE_BEHIND + 3) * written
         # oneDNN computes into its own blocked layout and reorders: the uncropped output exists twice.
-        return reading + converted + 2 * full + workspace + tile + writing
+        return reading + converted + 2 * full + workspace + tile + writing + c.writer(written)
 
 
 def make_plan(

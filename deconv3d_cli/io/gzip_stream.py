@@ -47,6 +47,9 @@ from .gzip_pending import Pending, Ranges, punch_hole, usable_cpus
 
 MEMBER_BYTES = 4 << 20
 PENDING_BYTES = 64 << 20
+# Members in compression (submitted, or compressed and waiting to be appended in order) per thread:
+# the writer's buffers are bounded by this and PENDING_BYTES (io/buffers.py counts them in the plan).
+COMPRESSING_PER_THREAD = 2
 SUFFIXES = (".gzindex", ".gzspill", ".gzindex.tmp")
 
 
@@ -251,7 +254,7 @@ class GzipStreamWriter:
         (tiles out of order) reads its spilled members back a few at a time.
         """
         in_flight: deque[tuple[_Segment, int, Pending, Any]] = deque()
-        limit = 2 * self._workers
+        limit = COMPRESSING_PER_THREAD * self._workers
         try:
             for s in sorted(touched) or range(len(self._segments)):
                 seg = self._segments[s]

@@ -11,8 +11,9 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry.layout import Layout
-from ..geometry.sizes import SEPARABLE_TILE_LIMIT
+from ..geometry.sizes import SEPARABLE_TILE_LIMIT, format_bytes
 from ..geometry.tiling import Costs, Plan, PlanError, make_plan
+from ..io.buffers import WriterMemory, writer_memory
 from ..io.formats import FormatFacts
 from ..layer.resample import ResampleSpec
 from ..layer.spec import LayerSpec
@@ -44,11 +45,17 @@ def plan_job(
     either way: these engines' tiles do not change any voxel's arithmetic.
     """
     compute = options.compute
+    writer = writer_memory(facts, tuple(out_shape), out_dtype, out_layout, options.write.writer_options)
+    check_bookkeeping(writer, options)
     costs = Costs(
         in_item=reader.dtype.itemsize,
         compute_item=8 if compute.precision == "fp64" else 4,
         out_item=out_dtype.itemsize,
         unfold=compute.precision == "fp64",
+        writer_tiles=writer.tiles,
+        writer_per_tile=writer.per_tile,
+        writer_cap=writer.cap,
+        writer_fixed=writer.fixed,
     )
     chunks: tuple[int, ...] | None = options.write.chunks
     if chunks is not None and len(chunks) == len(out_shape):  # full-rank chunks: the spatial part
@@ -71,3 +78,19 @@ def plan_job(
         if not capped or limit <= SEPARABLE_TILE_LIMIT:
             raise
         return attempt(limit)
+
+
+def check_bookkeeping(writer: WriterMemory, options: Options) -> None:
+    """Refuse output chunks so small that the writer's bookkeeping of them alone exceeds the budget
+    (an .h5 or .zarr output of a 384^3 volume in 1^3 chunks has 57 million of them)."""
+    limit = options.compute.memory_limit
+    if writer.bookkeeping <= limit:
+        return
+    given = options.write.chunks
+    named = ",".join(str(c) for c in given) if given else "the default"
+    raise InputError(
+        f"{named} cuts the output into {writer.chunks} chunks, whose bookkeeping alone needs about "
+        f"{format_bytes(writer.bookkeeping)}, over the memory limit of {format_bytes(limit)}; use larger chunks "
+        f"(at most {writer.chunks * limit // writer.bookkeeping} chunks) or a larger --memory-limit",
+        param="chunks",
+    )
