@@ -24,10 +24,8 @@ index, pending ranges come back from the spill, and bytes that arrive again for 
 compressed are skipped (the run core recomputes tiles it had not journalled; they hold the same
 values). Side files, spill and index are named after the output (``NAME.gzseg1``, ``NAME.gzspill``,
 ``NAME.gzindex``) and removed by `close` and `abort`; nothing but the output remains.
-
-The index goes last (gzip_index says why): `close` removes it only when the caller has removed its
-own side files (`drop_index`). A failed run that keeps its tiles (a full disk) leaves every side file
-as the last `flush` made it (`keep`).
+The index goes last (gzip_index says why): `close` removes it only once the caller's side files are
+gone (`drop_index`); a failed run that keeps its tiles leaves every side file as flushed (`keep`).
 """
 
 from __future__ import annotations
@@ -47,9 +45,7 @@ from .gzip_pending import Pending, Ranges, punch_hole, usable_cpus
 
 MEMBER_BYTES = 4 << 20
 PENDING_BYTES = 64 << 20
-# Members in compression (submitted, or compressed and waiting to be appended in order) per thread:
-# the writer's buffers are bounded by this and PENDING_BYTES (io/buffers.py counts them in the plan).
-COMPRESSING_PER_THREAD = 2
+COMPRESSING_PER_THREAD = 2  # members in compression or awaiting their turn, per thread (io/buffers.py)
 SUFFIXES = (".gzindex", ".gzspill", ".gzindex.tmp")
 
 
