@@ -21,8 +21,8 @@ from deconv3d_cli.io import direct
 from deconv3d_cli.io.base import Destination, VolumeMeta
 from deconv3d_cli.io.npy import NpyWriter, aligned_header
 from deconv3d_cli.run.job import prepare
-from deconv3d_cli.run.local import Pool as _Pool
 from deconv3d_cli.run.local import run_job
+from deconv3d_cli.run.pool import Pool as _Pool
 
 ALIGN = direct.ALIGN
 HUGE = 1 << 50

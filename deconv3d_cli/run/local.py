@@ -26,11 +26,11 @@ from ..errors import RunError
 from ..geometry.tiling import READ_AHEAD, WRITE_BEHIND
 from ..io import DiskFault, PartialUnusable
 from ..io.atomic import OutputTarget
-from ..io.direct import ALIGN
 from . import progress
 from .engines import engine_for, settle
 from .job import Job, LayerSource, missing_note, prepare
 from .options import Options
+from .pool import Pool, memory_axes
 from .stop import STOP, Interrupted
 from .tiles import Counts, compute_tile, read_tile, write_tile
 
@@ -61,55 +61,6 @@ def _get(q: queue.Queue[Any], stop: threading.Event, also: threading.Event | Non
             return q.get(timeout=0.1)
         except queue.Empty:
             continue
-
-
-class Pool:
-    """Host buffers for output tiles, recycled by the writer thread.
-
-    Fresh pages cost a page fault each (slow on virtual machines) and freed ones linger in the
-    allocator's heap; a fixed set of buffers avoids both and bounds the tiles in flight.
-    """
-
-    def __init__(self, count: int, nbytes: int, make: Callable[[int], np.ndarray] | None = None) -> None:
-        self.free: queue.Queue[np.ndarray] = queue.Queue()
-        nbytes += ALIGN  # room to place a tile at any phase within a page (see `view`)
-        for _ in range(count):
-            self.free.put(make(nbytes) if make else np.empty(max(nbytes, 1), np.uint8))
-
-    def view(
-        self,
-        buf: np.ndarray,
-        shape: tuple[int, ...],
-        dtype: np.dtype,
-        phase: int | None = None,
-        axes: tuple[int, ...] | None = None,
-    ) -> np.ndarray:
-        """A `shape` array in `buf`, starting `phase` bytes past a page boundary when a phase is given.
-
-        A writer that sends tiles to disk directly (io/direct.py) wants the data aligned in memory like
-        its place in the file; then the disk reads the tile's own pages and nothing is copied. `axes`:
-        the array's axes slowest in memory first (C order when None).
-        """
-        start = 0 if phase is None else (phase - buf.ctypes.data) % ALIGN
-        flat = buf[start : start + int(np.prod(shape)) * dtype.itemsize].view(dtype)
-        if axes is None:
-            return flat.reshape(shape)
-        return flat.reshape([shape[i] for i in axes]).transpose(np.argsort(axes))
-
-
-def _memory_axes(writer: Any, y: Any, presented: Any) -> tuple[int, ...] | None:
-    """The memory order of the tile `y` when the writer's file order (`file_axes`, NIfTI's) is that of
-    `presented`, the tile as the writer takes it (y without its length-1 batch or channel axes).
-
-    A host array laid out like `y` is then a plain copy of it and the writer takes it as it is, instead
-    of a copy into C order followed by a transposing one into the file's order.
-    """
-    axes = getattr(writer, "file_axes", None)
-    if axes is None or len(axes) != presented.ndim or not presented.permute(tuple(axes)).is_contiguous():
-        return None
-    from ..engine import memory
-
-    return memory.order(y)
 
 
 class Pipeline:
@@ -301,7 +252,7 @@ class Pipeline:
         def recycled(shape: tuple[int, ...], y: Any) -> np.ndarray:
             held.append(_get(pool.free, self.stop))
             phase = phase_of(index_of[0]) if phase_of else None
-            axes = _memory_axes(self.writer, y, job.in_layout.squeeze_ncdhw(y, job.filters))
+            axes = memory_axes(self.writer, y, job.in_layout.squeeze_ncdhw(y, job.filters))
             return pool.view(held[-1], shape, job.out_dtype, phase, axes)
 
         self.pool = pool
