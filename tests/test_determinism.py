@@ -93,7 +93,7 @@ def test_two_runs_of_the_same_command_write_the_same_bytes(tmp_path, case):
     assert outputs[0] == outputs[1] == outputs[2]  # bytes and formulation, in three processes
 
 
-# The stopped run's writer holds its tile `at + 1` until a stop is asked for (a slow disk, as it were):
+# The stopped run's writer holds its tile `at + 2` until a stop is asked for (a slow disk, as it were):
 # the tiles before it are journalled, and however loaded the machine, the run cannot finish before the
 # test's signal arrives. Nothing is timed; the bytes written are the program's own.
 HELD_WRITER = """
@@ -103,7 +103,7 @@ from deconv3d_cli.run.stop import STOP
 at, write, seen = int(sys.argv[1]), local.write_tile, []
 def held(job, writer, tile, data):
     seen.append(tile.index)
-    if len(seen) == at + 1:
+    if len(seen) == at + 2:  # tiles 1 .. at + 1 reach the journal, which the test waits for
         STOP.event.wait()
     return write(job, writer, tile, data)
 local.write_tile = held

@@ -72,14 +72,26 @@ def job(tmp_path):
     return [*args, "--scale", "2", "--tile", "8,8,8", "--checkpoint-every", "0"]
 
 
-def _start(tmp_path: Path, mode: str, args: list[str]) -> subprocess.Popen:
+@pytest.fixture
+def started():
+    """Processes a test starts, killed at its end whatever happened (a failing case must not leave one)."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def _start(tmp_path: Path, mode: str, args: list[str], started: list[subprocess.Popen]) -> subprocess.Popen:
     cmd = [sys.executable, "-c", BLOCKED_READ, str(tmp_path), mode, *args]
-    return subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
+    started.append(subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True))
+    return started[-1]
 
 
 @pytest.mark.slow
-def test_one_signal_stops_while_a_read_is_stuck_and_the_continue_line_finishes(tmp_path, job):
-    proc = _start(tmp_path, "plain", job)
+def test_one_signal_stops_while_a_read_is_stuck_and_the_continue_line_finishes(tmp_path, job, started):
+    proc = _start(tmp_path, "plain", job, started)
     _wait_for(tmp_path / "reading", proc)
     proc.send_signal(signal.SIGTERM)
     stderr = proc.communicate(timeout=60)[1]  # the old pipeline waited for the read forever
@@ -98,8 +110,8 @@ def test_one_signal_stops_while_a_read_is_stuck_and_the_continue_line_finishes(t
 
 
 @pytest.mark.slow
-def test_a_second_signal_ends_the_process_when_the_way_out_waits_on_the_reader(tmp_path, job):
-    proc = _start(tmp_path, "stuck-exit", job)
+def test_a_second_signal_ends_the_process_when_the_way_out_waits_on_the_reader(tmp_path, job, started):
+    proc = _start(tmp_path, "stuck-exit", job, started)
     _wait_for(tmp_path / "reading", proc)
     proc.send_signal(signal.SIGTERM)
     _wait_for(tmp_path / "keeping", proc)  # the first signal was handled; the main thread now waits in C
@@ -126,8 +138,9 @@ main()
 """
 
 
-def test_a_signal_during_the_exit_handlers_prints_nothing_more(tmp_path, job):
+def test_a_signal_during_the_exit_handlers_prints_nothing_more(tmp_path, job, started):
     proc = subprocess.Popen([sys.executable, "-c", EXITING, str(tmp_path), *job], stderr=subprocess.PIPE, text=True)
+    started.append(proc)
     _wait_for(tmp_path / "exiting", proc)  # the run is done and committed; exit handlers are running
     proc.send_signal(signal.SIGTERM)
     time.sleep(0.2)  # only lets the handler run first; the assertions hold whenever it runs
