@@ -113,6 +113,15 @@ main()
 """
 
 
+def _journalled(target: Path) -> int:
+    """Tiles the journal names so far (after its header line, each line lists tile numbers)."""
+    try:
+        lines = journal_path(target).read_bytes().splitlines()[1:]
+    except OSError:
+        return 0
+    return sum(len(line.split()) for line in lines)
+
+
 def _killed_then_resumed(tmp: Path, out_name: str, signum: int, seed: int) -> tuple[dict, dict, str]:
     """A clean run's bytes, and those of a run stopped at a random tile by `signum` then resumed."""
     import signal as sig
@@ -128,13 +137,8 @@ def _killed_then_resumed(tmp: Path, out_name: str, signum: int, seed: int) -> tu
     at = int(rng.integers(2, 40))  # of 1000 tiles
     held = [sys.executable, "-c", HELD_WRITER, str(at)]  # the run cannot end before it is stopped
     proc = subprocess.Popen([*held, "upsample", src, "-o", target, *common], env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if journal_path(target).read_bytes().count(b"\n") > at:
-                break
-        except OSError:
-            pass
+    deadline = time.monotonic() + 120  # bounds the test only: the held run cannot end by itself
+    while time.monotonic() < deadline and proc.poll() is None and _journalled(target) <= at:
         time.sleep(0.002)
     assert proc.poll() is None, "the run finished before it could be stopped"
     proc.send_signal(signum)
