@@ -417,12 +417,7 @@ class NiftiGzWriter(_NiftiOutput):
         `flush` left it, nothing removed, nothing written."""
         self._closed = True
         self.stream.keep()
-        if self._stage is not None:
-            self._stage.close()
-            self._stage = None
-        if self._stage_fd is not None:
-            os.close(self._stage_fd)
-            self._stage_fd = None
+        self._close_stage()
         self._scratch.close()
 
     def abort(self) -> None:
@@ -431,11 +426,14 @@ class NiftiGzWriter(_NiftiOutput):
         self._drop_stage()
         self._scratch.close()
 
-    def _drop_stage(self) -> None:
+    def _close_stage(self) -> None:
         if self._stage is not None:
             self._stage.close()
             self._stage = None
         if self._stage_fd is not None:
             os.close(self._stage_fd)
             self._stage_fd = None
+
+    def _drop_stage(self) -> None:
+        self._close_stage()
         self.stage_path.unlink(missing_ok=True)
