@@ -14,11 +14,9 @@ bookkeeping alone cannot fit (--chunks 1,1,1), which must be refused (exit 2) be
 On a machine shared with other jobs the peaks move by some tens of MiB from run to run (the threads'
 timing decides how many buffers are alive at once); the load average is printed with the table.
 
-Open: `.zarr` with the trilinear preset peaks 50-80 MiB over budget + footprint at 192^3 -> 384^3 under
-256 MiB, though its plan is the `.h5` row's (which holds) and the Zarr writer alone adds about 14 MiB
-writing the same tiles in a bare process. The extra follows the allocator: with DECONV3D_MALLOC=system
-and MALLOC_ARENA_MAX=1 the same run peaked at 488 MiB (limit 494); chunk buffers freed on zarr's
-own threads appear to stay in heaps that are never trimmed (engine/allocator.py).
+`.zarr` outputs: with the same tiles a Zarr output peaks about two tiles above `.npy` (freed chunk
+buffers of zarr's event-loop and codec threads stay in their own heaps), which io/buffers.py counts
+(ZARR_TILE_COPIES); before that the trilinear row peaked 50-80 MiB over budget + footprint.
 """
 
 from __future__ import annotations

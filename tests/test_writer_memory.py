@@ -57,7 +57,8 @@ def test_the_job_plan_counts_its_writer_and_fits_the_budget(tmp_path, suffix):
     if suffix in (".nii", ".nii.gz"):
         assert want.tiles == 1  # the file-ordered copy of a tile
     if suffix == ".zarr":
-        assert want.tiles == 0 and want.cap == buffers.ZARR_COPIES_PER_CHUNK * (1 << 20)  # 64^3 float32 chunks
+        # the tiles' worth zarr's threads hold, and encoding copies of 64^3 float32 chunks
+        assert want.tiles == buffers.ZARR_TILE_COPIES and want.cap == buffers.ZARR_COPIES_PER_CHUNK * (1 << 20)
     if suffix == ".nii.gz":  # a member pending and its compressed bytes, whatever the tile
         assert want.fixed == 2 * min(gzip_stream.MEMBER_BYTES, int(np.prod(job.out_shape)) * 4)
 
@@ -126,5 +127,6 @@ def test_zarr_counts_the_bookkeeping_of_small_chunks_per_tile():
     """Zarr's bookkeeping is per chunk of a tile (boxes, chunks pending a flush): tile copies when chunks are small."""
     one = buffers.writer_memory(formats.ZARR, (64, 64, 64), np.dtype(np.float32), None, {"chunks": (1, 1, 1)})
     big = buffers.writer_memory(formats.ZARR, (64, 64, 64), np.dtype(np.float32), None, {"chunks": (8, 8, 8)})
-    assert one.tiles == buffers.ZARR_BYTES_PER_CHUNK // 4 and big.tiles == 0
+    extra = buffers.ZARR_TILE_COPIES
+    assert one.tiles == buffers.ZARR_BYTES_PER_CHUNK // 4 + extra and big.tiles == extra
     assert one.bookkeeping == big.bookkeeping == 0 and one.chunks == 64**3
