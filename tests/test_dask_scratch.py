@@ -112,3 +112,27 @@ def test_the_local_cluster_works_in_a_folder_named_for_its_process(tmpdir_is):
         assert [p for p in tmpdir_is.iterdir()] == [folder]  # the dead run's folder is gone
         assert folder.name.startswith(f"{PREFIX}{os.getpid()}-{start_time(os.getpid())}-")
     assert list(tmpdir_is.iterdir()) == []
+
+
+WORKER_LOGS = """
+import logging
+from deconv3d_cli.run.dask.cluster import connect
+with connect("local:1") as client:
+    client.run(lambda: logging.getLogger("distributed.worker").error("a worker's error line"))
+    client.run_on_scheduler(lambda: logging.getLogger("distributed.scheduler").error("a scheduler's error line"))
+print("closed")
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("dask")
+def test_the_local_clusters_error_lines_never_reach_the_users_stderr(tmp_path):
+    """A stop that closes the scheduler under heartbeating workers made them log 'Failed to communicate
+    with scheduler during heartbeat' with a CommClosedError traceback at ERROR; the run says a stop in
+    one line, so the cluster's own ERROR lines (and anything below CRITICAL) are not shown."""
+    pytest.importorskip("distributed")
+    pytest.importorskip("zarr", minversion="3")
+    env = {**os.environ, "TMPDIR": str(tmp_path)}
+    res = subprocess.run([sys.executable, "-c", WORKER_LOGS], capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0 and res.stdout.strip() == "closed", res.stderr
+    assert "error line" not in res.stderr and "ERROR" not in res.stderr, res.stderr

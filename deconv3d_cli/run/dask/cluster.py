@@ -120,7 +120,10 @@ def _local_cluster(distributed: Any, workers: int) -> Iterator[Any]:
                 threads_per_worker=1,
                 processes=True,
                 dashboard_address=":0",
-                silence_logs=logging.ERROR,
+                # The workers' own ERROR lines (a heartbeat that meets a scheduler closed by a stop,
+                # with a CommClosedError traceback) are noise on the user's stderr: a task's failure
+                # reaches the client as its exception, and the run says it in one line.
+                silence_logs=logging.CRITICAL,
                 local_directory=str(scratch),
             )
         STOP.check()
