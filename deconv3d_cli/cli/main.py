@@ -58,12 +58,16 @@ def _exit(code: int) -> None:
     if "torch" not in sys.modules or others or os.environ.get("DECONV3D_FAST_EXIT", "1") == "0":
         sys.exit(code)
     atexit._run_exitfuncs()
+    _flush()
+    os._exit(code)
+
+
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):  # a closed pipe (`| head`): nothing more can reach it
             pass
-    os._exit(code)
 
 
 def _pause_at_start() -> None:
@@ -92,11 +96,7 @@ def _quiet_exit_on_signal(code: int) -> None:
     import threading
 
     def handler(signum: int, frame: Any) -> None:
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except (OSError, ValueError):
-                pass
+        _flush()
         os._exit(code)
 
     if threading.current_thread() is threading.main_thread():
@@ -141,7 +141,6 @@ class Deconv3dGroup(click.Group):
             hint = f" (see {exc.ctx.command_path} --help)" if isinstance(exc, click.UsageError) and exc.ctx else ""
             code = _fail(f"{where}{exc.format_message()}{hint}", exc.exit_code, as_json)
         code = 0 if code is None else int(code)
-        stop.STOP.exiting = True  # a signal from here on must not raise inside an exit handler
         if not standalone_mode:
             return code
         if args is None:  # the program itself (console script, python -m): its process ends here

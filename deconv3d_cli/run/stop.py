@@ -56,11 +56,8 @@ class _Stop:
         self.watcher: threading.Thread | None = None
         self.said = False  # the stop's one line is on stderr (the watchdog then adds none)
         self.own_process = False  # the CLI runs as the program: its process may be ended
-        self.exiting = False  # the command returned: a signal no longer raises (no "Exception ignored")
 
     def handler(self, signum: int, frame: Any) -> None:
-        if self.exiting:
-            return  # the command has ended: its exit handlers run to the end (or the watcher ends them)
         again = self.event.is_set()
         self.signum = signum
         self.event.set()
@@ -136,7 +133,6 @@ class _Stop:
         self.event.clear()
         self.signum = None
         self.said = False
-        self.exiting = False
 
 
 STOP = _Stop()
