@@ -72,11 +72,18 @@ def older_outputs(out: Path) -> None:
         np.save(out / f"{name}_x2.npy", np.full((33, 33, 33), 7.0, np.float32))  # an older run's outputs
 
 
-def test_a_stopped_overwrite_batch_continues_to_exactly_a_clean_run(job):
-    root, common = job
+def assert_a_clean_batch(root: Path, out: Path, common: list[str]) -> None:
+    """Every output in `out` has the bytes of an uninterrupted batch, and nothing of ours is left."""
     clean = subprocess.run([*CLI, "upsample", f"{root}/in/*.npy", "-O", root / "clean", *common], env=ENV,
                            capture_output=True, text=True, timeout=300)  # fmt: skip
     assert clean.returncode == 0, clean.stderr
+    for name in ("a_x2.npy", "b_x2.npy", "c_x2.npy", "d_x2.npy"):
+        assert (out / name).read_bytes() == (root / "clean" / name).read_bytes(), name
+    assert ours(out) == []
+
+
+def test_a_stopped_overwrite_batch_continues_to_exactly_a_clean_run(job):
+    root, common = job
     out = root / "out"
     older_outputs(out)
     res = stopped(["upsample", f"{root}/in/*.npy", "-O", out, *common, "--overwrite"], "c_x2.npy")
@@ -84,9 +91,7 @@ def test_a_stopped_overwrite_batch_continues_to_exactly_a_clean_run(job):
     again = continued(res)
     assert again.returncode == 0, again.stderr
     assert "4 file(s): 2 done, 2 skipped" in again.stderr  # a and b were rewritten already: not again
-    for name in ("a_x2.npy", "b_x2.npy", "c_x2.npy", "d_x2.npy"):
-        assert (out / name).read_bytes() == (root / "clean" / name).read_bytes(), name
-    assert ours(out) == []
+    assert_a_clean_batch(root, out, common)
 
 
 def test_a_stopped_overwrite_batch_stopped_again_still_continues(job):
@@ -99,12 +104,7 @@ def test_a_stopped_overwrite_batch_stopped_again_still_continues(job):
     again = continued(second)
     assert again.returncode == 0, again.stderr
     assert "4 file(s): 1 done, 3 skipped" in again.stderr
-    clean = subprocess.run([*CLI, "upsample", f"{root}/in/*.npy", "-O", root / "clean", *common], env=ENV,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert clean.returncode == 0, clean.stderr
-    for name in ("a_x2.npy", "b_x2.npy", "c_x2.npy", "d_x2.npy"):
-        assert (out / name).read_bytes() == (root / "clean" / name).read_bytes(), name
-    assert ours(out) == []
+    assert_a_clean_batch(root, out, common)
 
 
 def test_a_stopped_single_overwrite_continues_to_exactly_a_clean_run(job):
@@ -158,9 +158,4 @@ def test_a_stopped_overwrite_batch_on_dask_continues_to_exactly_a_clean_run(job)
     again = continued(res)
     assert again.returncode == 0, again.stderr
     assert "4 file(s): 3 done, 1 skipped" in again.stderr
-    clean = subprocess.run([*CLI, "upsample", f"{root}/in/*.npy", "-O", root / "clean", *common], env=ENV,
-                           capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert clean.returncode == 0, clean.stderr
-    for name in ("a_x2.npy", "b_x2.npy", "c_x2.npy", "d_x2.npy"):
-        assert (out / name).read_bytes() == (root / "clean" / name).read_bytes(), name
-    assert ours(out) == []
+    assert_a_clean_batch(root, out, common)
