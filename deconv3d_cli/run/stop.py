@@ -54,7 +54,7 @@ class _Stop:
         self.signum: int | None = None
         self.listeners = 0
         self.watcher: threading.Thread | None = None
-        self.said = False  # the stop's one line is on stderr (the watchdog then adds none)
+        self.said = False  # the stop's one line is on stderr (the watcher then adds none)
         self.own_process = False  # the CLI runs as the program: its process may be ended
 
     def handler(self, signum: int, frame: Any) -> None:
